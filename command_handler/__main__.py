@@ -1,0 +1,3 @@
+from command_handler.entrypoints.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Postgres connections: the handler's engine, waiting for the server, and local provisioning."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, text
+
+from command_handler.config import DatabaseSettings
+from command_handler.retry import retry
+
+
+def make_engine(db: DatabaseSettings, pool_size: int = 4) -> Engine:
+    return create_engine(
+        db.url(),
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5, "application_name": "command-handler"},
+    )
+
+
+def wait_for_database(engine: Engine, timeout_s: float) -> None:
+    """Retry ``SELECT 1`` with backoff until the database answers; NotReady after ``timeout_s``."""
+
+    def ping() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    retry(ping, f"database {engine.url.render_as_string(hide_password=True)}", timeout_s)
+
+
+def ensure_role_and_database(admin_url: str, role: str, password: str, database: str) -> list[str]:
+    """Create the login role and the database it owns, where missing. Returns what was created."""
+    created = []
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+            )
+            created.append(f"role {role}")
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+            created.append(f"database {database}")
+    return created
+
+
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop a database (local stack reset and tests only)."""
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))

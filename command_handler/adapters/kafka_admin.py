@@ -1,0 +1,51 @@
+"""Topic administration through confluent_kafka's AdminClient."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from command_handler.config import KafkaSettings
+from command_handler.retry import retry
+
+
+class KafkaAdmin:
+    def __init__(self, settings: KafkaSettings, request_timeout_s: float = 10.0) -> None:
+        conf: dict[str, Any] = {**settings.common(), "socket.connection.setup.timeout.ms": 5000}
+        self._client = AdminClient(conf, logger=logging.getLogger("librdkafka.admin"))
+        self._brokers = settings.brokers
+        self._timeout = request_timeout_s
+
+    def wait_ready(self, timeout_s: float) -> int:
+        """Wait until the cluster answers a metadata request; return the number of brokers."""
+        return retry(self.broker_count, f"Kafka at {self._brokers}", timeout_s)
+
+    def broker_count(self) -> int:
+        metadata = self._client.list_topics(timeout=self._timeout)
+        if not metadata.brokers:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no brokers in metadata"))
+        return len(metadata.brokers)
+
+    def topics(self) -> dict[str, int]:
+        """Topic name -> partition count, internal topics left out."""
+        metadata = self._client.list_topics(timeout=self._timeout)
+        return {name: len(t.partitions) for name, t in metadata.topics.items() if not name.startswith("__")}
+
+    def create_topic(self, name: str, partitions: int, replication: int, config: dict[str, str]) -> bool:
+        """Create a topic; False when it already existed."""
+        future = self._client.create_topics(
+            [NewTopic(name, partitions, replication, config=config)], request_timeout=self._timeout
+        )[name]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return False
+            raise
+        return True
+
+    def delete_topic(self, name: str) -> None:
+        self._client.delete_topics([name], request_timeout=self._timeout)[name].result()

@@ -1,0 +1,148 @@
+"""``command-handler``: the one command line of the project. Thin: parse, configure, delegate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from command_handler import __version__
+from command_handler.config import ConfigError, Settings, describe_variables, load_settings
+from command_handler.errors import OperatorError
+
+log = logging.getLogger("command_handler")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    for noisy in ("alembic", "httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(quiet)
+
+
+def _epilog(*groups: str) -> str:
+    return "environment variables:\n" + describe_variables(groups or None)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from command_handler.adapters import migrations
+    from command_handler.adapters.database import ensure_role_and_database, make_engine, wait_for_database
+
+    db = settings.database
+    if args.create_db:
+        for item in ensure_role_and_database(db.admin_url, db.user, db.password, db.name):
+            print(f"created {item}")
+    engine = make_engine(db)
+    try:
+        wait_for_database(engine, settings.startup_timeout_s)
+        before = migrations.current_revision(engine)
+        if args.downgrade:
+            migrations.downgrade(db.url(), args.downgrade)
+        else:
+            migrations.upgrade(db.url())
+        after = migrations.current_revision(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database {db.display()} already at revision {after}: nothing to do")
+    else:
+        print(f"database {db.display()} migrated from {before} to {after}")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from command_handler.localstack.stack import LocalStack, StackConfig
+
+    stack = LocalStack(StackConfig.from_env(), settings)
+    if args.action == "up":
+        stack.up(timeout_s=settings.startup_timeout_s)
+    elif args.action == "down":
+        stack.down()
+    else:
+        return 0 if stack.status() else 3
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from command_handler.bootstrap import synchronize
+
+    report = synchronize(settings, prune=args.prune)
+    for line in report.lines():
+        print(line)
+    print("synchronized: " + ("changes made" if report.changed else "nothing to change"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="command-handler",
+        description="The open-bank command handler: ConfirmAccountCreation and ConfirmMoneyTransfer "
+        "commands from Kafka, balances in Postgres, Avro answers through a Schema Registry.",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "migrate",
+        help="upgrade the database schema to the latest revision (Alembic)",
+        epilog=_epilog("database", "general"),
+        formatter_class=formatter,
+    )
+    p.add_argument(
+        "--create-db",
+        action="store_true",
+        help="first create the DB_USER role and DB_NAME database through DB_ADMIN_URL (local use)",
+    )
+    p.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION (e.g. base) instead")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "stack",
+        help="start, stop or show the embedded local stack (Tansu broker, local registry, Postgres)",
+        description="The local stack for development and tests: never used in production. Extra variables: "
+        "STACK_DIR (logs, PID files, env file), STACK_BROKER_PORT (9092), STACK_REGISTRY_PORT (8081).",
+        epilog=_epilog("database", "general"),
+        formatter_class=formatter,
+    )
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser(
+        "sync",
+        help="create the topics and register the schema subjects of the topology",
+        epilog=_epilog("kafka", "registry", "general"),
+        formatter_class=formatter,
+    )
+    p.add_argument("--prune", action="store_true", help="also delete topics the topology does not name")
+    p.set_defaults(func=cmd_sync)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        print(f"command-handler: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        return func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except OperatorError as err:
+        log.error("%s", err)
+        return EXIT_FAILURE

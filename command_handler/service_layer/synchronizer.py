@@ -1,0 +1,87 @@
+"""The synchronizer: make the topics and schema subjects of the topology exist.
+
+Like the reference's synchronizer it runs before anything else; unlike it, it
+deletes topics it does not know only when asked to (``prune``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from command_handler.adapters.kafka_admin import KafkaAdmin
+from command_handler.adapters.schema_registry import registered_id
+from command_handler.errors import OperatorError
+from command_handler.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class SyncError(OperatorError):
+    """The topology could not be applied; the message says what and where."""
+
+
+@dataclass
+class SyncReport:
+    topics_created: list[str] = field(default_factory=list)
+    topics_present: list[str] = field(default_factory=list)
+    topics_deleted: list[str] = field(default_factory=list)
+    topic_warnings: list[str] = field(default_factory=list)
+    subjects_registered: dict[str, int] = field(default_factory=dict)
+    subjects_present: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.topics_created or self.topics_deleted or self.subjects_registered)
+
+    def lines(self) -> list[str]:
+        out = [f"topic {t}: created" for t in self.topics_created]
+        out += [f"topic {t}: already there" for t in self.topics_present]
+        out += [f"topic {t}: deleted (--prune)" for t in self.topics_deleted]
+        out += [f"topic warning: {w}" for w in self.topic_warnings]
+        out += [f"subject {s}: registered, id {i}" for s, i in self.subjects_registered.items()]
+        out += [f"subject {s}: already there, id {i}" for s, i in self.subjects_present.items()]
+        return out
+
+
+def sync_topics(admin: KafkaAdmin, topology: Topology, report: SyncReport, prune: bool = False) -> None:
+    brokers = admin.broker_count()
+    existing = admin.topics()
+    for topic in topology.topics:
+        if topic.name in existing:
+            report.topics_present.append(topic.name)
+            if existing[topic.name] != topic.partitions:
+                report.topic_warnings.append(
+                    f"{topic.name} has {existing[topic.name]} partitions, the topology says {topic.partitions}"
+                )
+            continue
+        replication = min(topic.replication_factor, brokers)
+        if admin.create_topic(topic.name, topic.partitions, replication, topic.config):
+            report.topics_created.append(topic.name)
+        else:
+            report.topics_present.append(topic.name)
+    if prune:
+        known = {t.name for t in topology.topics}
+        for name in sorted(set(existing) - known):
+            admin.delete_topic(name)
+            report.topics_deleted.append(name)
+
+
+def sync_subjects(client: SchemaRegistryClient, topology: Topology, report: SyncReport) -> None:
+    for subject, record in topology.subjects().items():
+        present = registered_id(client, subject, record.schema_str)
+        if present is not None:
+            report.subjects_present[subject] = present
+            continue
+        try:
+            report.subjects_registered[subject] = client.register_schema(subject, Schema(record.schema_str, "AVRO"))
+        except SchemaRegistryError as err:
+            if err.http_status_code == 409:
+                raise SyncError(
+                    f"subject {subject}: the schema of {record.full_name} is incompatible with the one "
+                    f"already registered: {err.error_message}"
+                ) from err
+            raise

@@ -1,0 +1,113 @@
+"""Shared fixtures: the services the integration tests talk to.
+
+By default the session starts its own local stack (Tansu broker and the local
+Schema Registry on free ports, in a temporary STACK_DIR) against the Postgres
+server at DB_HOSTNAME/DB_PORT, and stops it at the end. To run the same suite
+against external services, set any of:
+
+* ``TEST_KAFKA_BROKERS``: use this Kafka instead of starting Tansu
+* ``TEST_SCHEMA_REGISTRY_URL``: use this Schema Registry instead of the local one
+* ``DB_HOSTNAME``, ``DB_PORT``, ``DB_USER``, ``DB_PASSWORD``, ``DB_ADMIN_URL``: the Postgres server
+
+The tests always use their own databases (``TEST_DB_NAME``, default
+``balancedb_test``), dropped and created afresh, never the real ``DB_NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from command_handler.adapters import migrations
+from command_handler.adapters.database import drop_database, ensure_role_and_database
+from command_handler.config import Settings, load_settings
+from command_handler.localstack.stack import LocalStack, StackConfig
+
+TEST_DB = os.environ.get("TEST_DB_NAME", "balancedb_test")
+TEST_REGISTRY_DB = "schema_registry_test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Services:
+    env: dict[str, str]
+    stack: LocalStack | None
+
+    def settings(self, **overrides: str) -> Settings:
+        return load_settings({**self.env, **overrides})
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("DB_") and k != "DB_NAME"}
+    env.update(
+        DB_NAME=TEST_DB,
+        LOG_LEVEL="INFO",
+        STARTUP_TIMEOUT_S="60",
+        KAFKA_SESSION_TIMEOUT_MS="6000",
+        KAFKA_FETCH_WAIT_MAX_MS="10",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    env = _base_env()
+    external_kafka = os.environ.get("TEST_KAFKA_BROKERS")
+    external_registry = os.environ.get("TEST_SCHEMA_REGISTRY_URL")
+    settings = load_settings(env)
+    db = settings.database
+    drop_database(db.admin_url, TEST_DB)
+    drop_database(db.admin_url, TEST_REGISTRY_DB)
+    stack = None
+    if external_kafka and external_registry:
+        ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
+        migrations.upgrade(db.url())
+        env.update(KAFKA_BROKERS=external_kafka, SCHEMA_REGISTRY_URL=external_registry)
+    else:
+        config = StackConfig(
+            directory=Path(tmp_path_factory.mktemp("stack")),
+            broker_port=free_port(),
+            registry_port=free_port(),
+            registry_db=TEST_REGISTRY_DB,
+        )
+        stack = LocalStack(config, settings, out=lambda line: print(f"[stack] {line}"))
+        stack.up(timeout_s=60)
+        env.update(
+            KAFKA_BROKERS=external_kafka or config.brokers,
+            SCHEMA_REGISTRY_URL=external_registry or config.registry_url,
+        )
+    try:
+        yield Services(env, stack)
+    finally:
+        if stack is not None:
+            stack.down()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for names (topics, subjects, databases) a test makes for itself."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def scratch_db(services: Services, unique: str) -> Iterator[Settings]:
+    """Settings pointing at an empty database of its own, dropped afterwards."""
+    settings = services.settings()
+    name = f"scratch_{unique}"
+    db = replace(settings.database, name=name)
+    ensure_role_and_database(db.admin_url, db.user, db.password, name)
+    try:
+        yield replace(settings, database=db)
+    finally:
+        drop_database(db.admin_url, name)
