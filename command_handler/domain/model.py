@@ -1,0 +1,70 @@
+"""Commands, answers and events, as plain values. Field names follow the Avro records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+
+@dataclass(frozen=True)
+class ConfirmAccountCreation:
+    id: UUID
+    username: str
+
+
+@dataclass(frozen=True)
+class ConfirmMoneyTransfer:
+    id: UUID
+    token: str
+    amount: int
+    from_: str  # "from" in the record
+    to: str
+    description: str
+
+
+Command = ConfirmAccountCreation | ConfirmMoneyTransfer
+
+
+@dataclass(frozen=True)
+class AccountCreationConfirmed:
+    id: UUID
+    iban: str
+    token: str
+
+
+@dataclass(frozen=True)
+class AccountCreationFailed:
+    id: UUID
+    reason: str
+
+
+@dataclass(frozen=True)
+class MoneyTransferConfirmed:
+    id: UUID
+
+
+@dataclass(frozen=True)
+class MoneyTransferFailed:
+    id: UUID
+    reason: str
+
+
+@dataclass(frozen=True)
+class BalanceChanged:
+    username: str  # the Kafka key: the owner of the account; not a field of the record
+    iban: str
+    new_balance: int
+    changed_by: int
+    from_to: str
+    description: str
+
+
+Feedback = AccountCreationConfirmed | AccountCreationFailed | MoneyTransferConfirmed | MoneyTransferFailed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything one command produces: its answer and the balance changes it caused."""
+
+    feedback: Feedback
+    events: tuple[BalanceChanged, ...] = ()

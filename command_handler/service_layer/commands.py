@@ -1,0 +1,154 @@
+"""Handling commands: idempotency, validation against balances, and the stored outcome, atomically.
+
+One call to ``CommandService.handle`` is one database transaction for a whole
+batch of commands: the idempotency claims, the balance changes and the stored
+outcomes commit together or not at all. A command id seen before is answered
+from what its first attempt stored, so a replay re-sends the same answer and the
+same BalanceChanged events and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from command_handler.adapters.ledger import Ledger, StoredCreation, StoredTransfer
+from command_handler.domain import rules
+from command_handler.domain.iban import new_iban
+from command_handler.domain.model import (
+    AccountCreationConfirmed,
+    AccountCreationFailed,
+    Command,
+    ConfirmAccountCreation,
+    ConfirmMoneyTransfer,
+    MoneyTransferConfirmed,
+    MoneyTransferFailed,
+    Outcome,
+)
+from command_handler.domain.rules import Account
+from command_handler.domain.tokens import new_token
+from command_handler.service_layer.unit_of_work import Conflict, Rejected, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 20
+
+
+def creation_outcome(command_id: UUID, stored: StoredCreation) -> Outcome:
+    if stored.reason is not None or stored.iban is None or stored.token is None:
+        return Outcome(AccountCreationFailed(command_id, stored.reason or rules.IBAN_EXISTS))
+    return Outcome(AccountCreationConfirmed(command_id, stored.iban, stored.token))
+
+
+def transfer_outcome(command_id: UUID, stored: StoredTransfer) -> Outcome:
+    if stored.reason is not None:
+        return Outcome(MoneyTransferFailed(command_id, stored.reason))
+    return Outcome(MoneyTransferConfirmed(command_id), stored.events)
+
+
+class CommandService:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        iban_source: Callable[[], str] = new_iban,
+        token_source: Callable[[], str] = new_token,
+    ) -> None:
+        self.uow_factory = uow_factory
+        self.iban_source = iban_source
+        self.token_source = token_source
+
+    def handle(self, commands: Sequence[Command]) -> list[Outcome]:
+        """Handle a batch in one transaction, retrying deadlocks and serialization failures.
+
+        Raises ``Unavailable`` when the database cannot be reached and ``Rejected``
+        when it refuses the batch for good (use ``handle_isolated`` to find the culprit).
+        """
+        for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
+            try:
+                with self.uow_factory() as uow:
+                    return self._apply(uow.ledger, commands)
+            except Conflict as err:
+                if attempt == MAX_CONFLICT_RETRIES:
+                    raise
+                log.info("transaction conflict (%s), retry %d of the batch of %d", err, attempt, len(commands))
+                time.sleep(random.uniform(0, 0.005 * attempt))
+        raise AssertionError("unreachable")
+
+    def handle_isolated(self, commands: Sequence[Command]) -> list[Outcome | Rejected]:
+        """Like ``handle``, but a command the database refuses is returned as its ``Rejected`` error
+        while the others are handled (one transaction each, only after the batch was refused)."""
+        try:
+            return list(self.handle(commands))
+        except Rejected as err:
+            if len(commands) == 1:
+                return [err]
+            log.warning("batch of %d refused by the database (%s): handling one by one", len(commands), err)
+        results: list[Outcome | Rejected] = []
+        for command in commands:
+            try:
+                results.extend(self.handle([command]))
+            except Rejected as err:
+                results.append(err)
+        return results
+
+    def _apply(self, ledger: Ledger, commands: Sequence[Command]) -> list[Outcome]:
+        creations = [c for c in commands if isinstance(c, ConfirmAccountCreation)]
+        transfers = [c for c in commands if isinstance(c, ConfirmMoneyTransfer)]
+        # Locks in one global order (see Ledger): cac claims, cmt claims, balance rows.
+        new_creations = ledger.claim("cac", (c.id for c in creations))
+        new_transfers = ledger.claim("cmt", (c.id for c in transfers))
+        stored_creations = ledger.stored_creations({c.id for c in creations} - new_creations)
+        stored_transfers = ledger.stored_transfers({c.id for c in transfers} - new_transfers)
+        accounts = ledger.lock_accounts(
+            iban for t in transfers if t.id in new_transfers for iban in rules.transfer_accounts(t)
+        )
+
+        changed: dict[str, Account] = {}
+        created: list[tuple[UUID, StoredCreation]] = []
+        transferred: list[tuple[UUID, StoredTransfer]] = []
+        seen: dict[tuple[type, UUID], Outcome] = {}
+        results: list[Outcome] = []
+        for command in commands:
+            key = (type(command), command.id)
+            if key in seen:  # the same id twice in one batch: answer as the first time
+                results.append(seen[key])
+                continue
+            if isinstance(command, ConfirmAccountCreation):
+                if command.id in new_creations:
+                    stored = self._open_account(ledger, command, accounts)
+                    created.append((command.id, stored))
+                else:
+                    stored = stored_creations[command.id]
+                outcome = creation_outcome(command.id, stored)
+            elif command.id in new_transfers:
+                outcome = rules.decide_transfer(command, accounts)
+                for event in outcome.events:
+                    changed[event.iban] = accounts[event.iban]
+                reason = getattr(outcome.feedback, "reason", None)
+                transferred.append((command.id, StoredTransfer(reason, outcome.events)))
+            else:
+                outcome = transfer_outcome(command.id, stored_transfers[command.id])
+            seen[key] = outcome
+            results.append(outcome)
+
+        ledger.set_amounts(list(changed.values()))
+        ledger.record_creations(created)
+        ledger.record_transfers(transferred)
+        return results
+
+    def _open_account(
+        self, ledger: Ledger, command: ConfirmAccountCreation, accounts: dict[str, Account]
+    ) -> StoredCreation:
+        problem = rules.account_creation_problem(command)
+        if problem:
+            return StoredCreation(None, None, None, problem)
+        for _ in range(rules.IBAN_ATTEMPTS):
+            account = ledger.open_account(command.username, self.iban_source(), self.token_source())
+            if account is not None:
+                accounts[account.iban] = account
+                return StoredCreation(account.username, account.iban, account.token, None)
+        log.warning("account creation %s: %d generated IBANs all existed", command.id, rules.IBAN_ATTEMPTS)
+        return StoredCreation(command.username, None, None, rules.IBAN_EXISTS)

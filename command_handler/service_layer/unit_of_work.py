@@ -1,0 +1,104 @@
+"""The unit of work: one database transaction, and what its failures mean for the caller.
+
+Database errors are sorted into three kinds, so the service layer and the
+consumer loop can act without knowing SQLAlchemy or psycopg:
+
+* ``Conflict``: a deadlock or serialization failure; retry the transaction now.
+* ``Unavailable``: the database cannot be reached; retry later, with backoff.
+* ``Rejected``: the database refuses this input for good (e.g. invalid data).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol
+
+from sqlalchemy import Connection, Engine, RootTransaction
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+
+from command_handler.adapters.ledger import Ledger
+
+CONFLICT_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# connection exceptions, insufficient resources, operator intervention (e.g. shutdown), system errors
+UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+class DatabaseError(Exception):
+    pass
+
+
+class Conflict(DatabaseError):
+    pass
+
+
+class Unavailable(DatabaseError):
+    pass
+
+
+class Rejected(DatabaseError):
+    pass
+
+
+def classify(exc: BaseException) -> DatabaseError | None:
+    """The kind of a database exception, or None when it is not one."""
+    if isinstance(exc, DisconnectionError):
+        return Unavailable(str(exc))
+    if not isinstance(exc, DBAPIError):
+        return None
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    summary = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    if sqlstate in CONFLICT_STATES:
+        return Conflict(summary)
+    if exc.connection_invalidated or not sqlstate or sqlstate.startswith(UNAVAILABLE_CLASSES):
+        return Unavailable(summary)
+    return Rejected(f"{sqlstate}: {summary}")
+
+
+class UnitOfWork(Protocol):
+    ledger: Ledger
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class SqlAlchemyUnitOfWork:
+    """Commits when the block ends normally, rolls back otherwise."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ledger: Ledger
+
+    def __enter__(self) -> SqlAlchemyUnitOfWork:
+        try:
+            self._conn: Connection = self.engine.connect()
+            self._tx: RootTransaction = self._conn.begin()
+        except Exception as err:
+            kind = classify(err)
+            if kind is None:
+                raise
+            raise kind from err
+        self.ledger = Ledger(self._conn)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is None:
+                self._tx.commit()
+            else:
+                self._tx.rollback()
+        except Exception as err:
+            kind = classify(err)
+            if kind is None:
+                raise
+            raise kind from err
+        finally:
+            self._conn.close()
+        if exc is not None:
+            kind = classify(exc)
+            if kind is not None:
+                raise kind from exc
