@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from confluent_kafka import Consumer
+from sqlalchemy import Engine
+
+from command_handler.adapters import migrations
+from command_handler.adapters.avro_codec import AvroCodec
+from command_handler.adapters.database import make_engine, wait_for_database
+from command_handler.adapters.health import Health
 from command_handler.adapters.kafka_admin import KafkaAdmin
+from command_handler.adapters.kafka_producer import ProducerThread
 from command_handler.adapters.schema_registry import make_registry_client, wait_for_registry
 from command_handler.config import Settings
+from command_handler.entrypoints.consumer import HandlerLoop, consumer_config
+from command_handler.errors import OperatorError
+from command_handler.service_layer.commands import CommandService
 from command_handler.service_layer.synchronizer import SyncReport, sync_subjects, sync_topics
+from command_handler.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from command_handler.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
@@ -29,3 +42,77 @@ def synchronize(settings: Settings, prune: bool = False) -> SyncReport:
     sync_topics(admin, topology, report, prune=prune)
     sync_subjects(registry, topology, report)
     return report
+
+
+def kafka_consumer_conf(settings: Settings) -> dict[str, Any]:
+    k = settings.kafka
+    return {
+        **k.common(),
+        "group.id": k.group_id,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": k.session_timeout_ms,
+        "fetch.wait.max.ms": k.fetch_wait_max_ms,
+        **k.consumer_extra,
+    }
+
+
+def kafka_producer_conf(settings: Settings) -> dict[str, Any]:
+    k = settings.kafka
+    return {
+        **k.common(),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": k.linger_ms,
+        **k.producer_extra,
+    }
+
+
+def _check_ready(settings: Settings, topology: Topology, admin: KafkaAdmin, codec: AvroCodec, engine: Engine) -> None:
+    """Refuse to start, with the fix in the message, when the database or topology is not in place."""
+    current, head = migrations.current_revision(engine), migrations.head_revision()
+    if current != head:
+        raise OperatorError(
+            f"database {settings.database.display()} is at revision {current}, the handler needs {head}: "
+            "run `command-handler migrate`"
+        )
+    missing_topics = sorted({t.name for t in topology.topics} - set(admin.topics()))
+    if missing_topics:
+        raise OperatorError(f"topics missing: {', '.join(missing_topics)}: run `command-handler sync` (or run --sync)")
+    missing_subjects = codec.missing_subjects(topology)
+    if missing_subjects:
+        raise OperatorError(
+            f"schema subjects not registered: {', '.join(missing_subjects)}: run `command-handler sync` (or run --sync)"
+        )
+
+
+def build_handler(settings: Settings, sync_first: bool = False, health: Health | None = None) -> HandlerLoop:
+    """Wait for every service (bounded), check the database and topology, and wire the handler."""
+    topology = topology_for(settings)
+    admin = KafkaAdmin(settings.kafka)
+    brokers = admin.wait_ready(settings.startup_timeout_s)
+    log.info("kafka at %s answers (%d brokers)", settings.kafka.brokers, brokers)
+    registry = make_registry_client(settings.registry)
+    wait_for_registry(registry, settings.registry.url, settings.startup_timeout_s)
+    log.info("schema registry at %s answers", settings.registry.url)
+    engine = make_engine(settings.database)
+    wait_for_database(engine, settings.startup_timeout_s)
+    log.info("database %s answers", settings.database.display())
+    if sync_first:
+        for line in synchronize(settings).lines():
+            log.info("sync: %s", line)
+    codec = AvroCodec(registry, topology, settings.topics)
+    _check_ready(settings, topology, admin, codec, engine)
+    service = CommandService(lambda: SqlAlchemyUnitOfWork(engine))
+    consumer = Consumer(consumer_config(kafka_consumer_conf(settings)), logger=logging.getLogger("librdkafka.consumer"))
+    producer_conf = kafka_producer_conf(settings)
+    return HandlerLoop(
+        consumer=consumer,
+        make_producer=lambda delivered, failed: ProducerThread(producer_conf, delivered, failed),
+        codec=codec,
+        service=service,
+        command_topic=settings.topics.commands,
+        dead_letter_topic=settings.topics.dead_letter,
+        batch_size=settings.batch_size,
+        health=health or Health(),
+        stats_interval_s=settings.stats_interval_s,
+    )

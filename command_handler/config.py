@@ -117,6 +117,14 @@ VARIABLES: tuple[Var, ...] = (
     ),
     # General
     Var("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Var("HANDLER_BATCH_SIZE", "500", "most commands handled in one database transaction", group="handler"),
+    Var(
+        "HEALTH_PORT",
+        "0",
+        "port of the HTTP health endpoint (/health/live, /health/ready); 0 turns it off",
+        group="handler",
+    ),
+    Var("STATS_INTERVAL_S", "30", "seconds between two statistics log lines; 0 turns them off", group="handler"),
     Var("STARTUP_TIMEOUT_S", "60", "how long to wait for the broker, registry and database at start"),
 )
 
@@ -271,6 +279,9 @@ class Settings:
     database: DatabaseSettings
     log_level: str
     startup_timeout_s: int
+    batch_size: int
+    health_port: int
+    stats_interval_s: int
 
 
 def _kafka_security(read: _Reader) -> dict[str, str]:
@@ -346,6 +357,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database=database,
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, upper=True),
         startup_timeout_s=read.number("STARTUP_TIMEOUT_S", 1, 3600),
+        batch_size=read.number("HANDLER_BATCH_SIZE", 1, 10_000),
+        health_port=read.number("HEALTH_PORT", 0, 65535),
+        stats_interval_s=read.number("STATS_INTERVAL_S", 0, 86_400),
     )
     if read.errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(read.errors))

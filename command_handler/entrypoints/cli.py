@@ -82,6 +82,29 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    from command_handler.adapters.health import Health, serve_health
+    from command_handler.bootstrap import build_handler
+
+    health = Health()
+    if settings.health_port:
+        serve_health(health, settings.health_port)
+        log.info("health endpoint on port %d: /health/live, /health/ready", settings.health_port)
+    log.info(
+        "starting: kafka %s, registry %s, database %s, group %s",
+        settings.kafka.brokers,
+        settings.registry.url,
+        settings.database.display(),
+        settings.kafka.group_id,
+    )
+    loop = build_handler(settings, sync_first=args.sync, health=health)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, f: loop.request_stop(signal.Signals(s).name))
+    return loop.run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -127,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prune", action="store_true", help="also delete topics the topology does not name")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "run",
+        help="run the command handler until SIGTERM or SIGINT",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    p.add_argument("--sync", action="store_true", help="run the synchronizer first (create topics, register schemas)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

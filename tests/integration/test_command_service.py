@@ -190,7 +190,7 @@ def test_concurrent_opposite_transfers_never_deadlock_or_lose_updates(engine: En
             for _ in range(30):
                 batch = [ConfirmMoneyTransfer(uuid4(), frm.token, 7, frm.iban, to.iban, "x") for _ in range(3)]
                 outcomes.extend(own.handle(batch))
-        except BaseException as err:  # noqa: BLE001
+        except BaseException as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker, args=pair) for pair in [(alice, bob), (bob, alice)] * 2]

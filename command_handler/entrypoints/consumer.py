@@ -1,0 +1,272 @@
+"""The consumer loop: commands in, outcomes to the producer thread, offsets committed when delivered.
+
+One command's path: poll -> decode (Avro) -> ``CommandService.handle`` (one
+database transaction for the whole batch) -> encode -> producer queue ->
+broker acknowledgement -> offset committable. An offset is committed only
+after every output of its command was acknowledged, so a crash anywhere makes
+the command come back, and the stored outcome makes its replay identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from command_handler.adapters.avro_codec import AvroCodec, OutMessage, PoisonMessage, RegistryUnavailable
+from command_handler.adapters.health import Health
+from command_handler.adapters.kafka_producer import ProducerThread
+from command_handler.adapters.offsets import OffsetTracker, TopicPartitionKey
+from command_handler.domain.model import Command, Outcome
+from command_handler.service_layer.commands import CommandService
+from command_handler.service_layer.unit_of_work import Conflict, Rejected, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+REVOKE_WAIT_S = 20.0
+SHUTDOWN_WAIT_S = 10.0
+
+
+class Stats:
+    """Counters since the last statistics line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.commands = 0
+        self.batches = 0
+        self.dead_lettered = 0
+        self.since = time.monotonic()
+
+    def line(self, in_flight: int, queued: int) -> str:
+        elapsed = max(time.monotonic() - self.since, 1e-9)
+        size = self.commands / self.batches if self.batches else 0.0
+        text = (
+            f"stats: {self.commands} commands in {self.batches} batches ({self.commands / elapsed:.1f}/s, "
+            f"{size:.1f} per batch), {self.dead_lettered} dead-lettered, {in_flight} awaiting delivery, "
+            f"{queued} queued for the producer"
+        )
+        self.reset()
+        return text
+
+
+class HandlerLoop:
+    def __init__(
+        self,
+        consumer: Consumer,
+        make_producer: Callable[[Callable[[Hashable], None], Callable[[Hashable, KafkaError], None]], ProducerThread],
+        codec: AvroCodec,
+        service: CommandService,
+        command_topic: str,
+        dead_letter_topic: str,
+        batch_size: int,
+        health: Health,
+        stats_interval_s: float = 30.0,
+    ) -> None:
+        self.consumer = consumer
+        self.tracker = OffsetTracker()
+        self.producer = make_producer(self._delivered, self._delivery_failed)
+        self.codec = codec
+        self.service = service
+        self.command_topic = command_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.batch_size = batch_size
+        self.health = health
+        self.stats = Stats()
+        self.stats_interval_s = stats_interval_s
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self._closing = False
+        self._assigned: set[TopicPartitionKey] = set()
+
+    # -- control --------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: %s", why)
+        self.stopping.set()
+
+    def _delivered(self, token: Hashable) -> None:
+        assert isinstance(token, tuple)
+        self.tracker.done(token[0], token[1])
+
+    def _delivery_failed(self, token: Hashable, err: KafkaError) -> None:
+        self.fatal = f"the broker did not accept an output of {token}: {err}"
+        log.error("%s; stopping without committing it", self.fatal)
+        self.stopping.set()
+
+    # -- rebalance callbacks (run inside consumer.poll, on this thread) ---------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.tracker.forget(tps)
+        self._assigned |= tps
+        self.health.ready = True
+        self.health.reason = f"consuming {len(self._assigned)} partitions"
+        log.info("assigned %d partitions: %s", len(tps), sorted(p for _, p in tps))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        if not self._closing and not self.tracker.wait_all_done(REVOKE_WAIT_S, tps):
+            log.warning("revoked partitions still have outputs in flight: their commands will be handled again")
+        self._commit(sync=True, partitions=tps)
+        self.tracker.forget(tps)
+        self._assigned -= tps
+        log.info("revoked %d partitions", len(tps))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.tracker.forget(tps)
+        self._assigned -= tps
+        log.warning("lost %d partitions (their uncommitted commands will be handled again)", len(tps))
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        self.consumer.subscribe(
+            [self.command_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self.producer.start()
+        self.health.reason = "joining the consumer group"
+        last_stats = time.monotonic()
+        log.info("consuming %s", self.command_topic)
+        try:
+            while not self.stopping.is_set():
+                self.health.beat()
+                batch = self._poll()
+                if batch:
+                    self._process(batch)
+                self._commit()
+                if self.stats_interval_s and time.monotonic() - last_stats >= self.stats_interval_s:
+                    last_stats = time.monotonic()
+                    log.info(self.stats.line(self.tracker.in_flight(), self.producer.queued()))
+        finally:
+            self._shutdown()
+        return 1 if self.fatal else 0
+
+    def _poll(self) -> list[Message]:
+        first = self.consumer.poll(0.1)
+        if first is None:
+            return []
+        rest = self.consumer.consume(self.batch_size - 1, 0) if self.batch_size > 1 else []
+        return [first, *rest]
+
+    def _process(self, messages: list[Message]) -> None:
+        work: list[tuple[Message, Command]] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                log.warning("consumer error: %s", error)
+                continue
+            tp, offset = origin(msg)
+            self.tracker.started(tp, offset)
+            try:
+                command = self._until_available(partial(self.codec.decode_command, msg.value()), "decoding")
+            except PoisonMessage as poison:
+                self._dead_letter(msg, str(poison))
+                continue
+            if command is None:
+                return  # stopping: what was not handled stays uncommitted and comes back
+            work.append((msg, command))
+        if not work:
+            return
+        results = self._until_available(lambda: self.service.handle_isolated([c for _, c in work]), "database")
+        if results is None:
+            return
+        self.stats.batches += 1
+        self.stats.commands += len(work)
+        for (msg, command), result in zip(work, results, strict=True):
+            if isinstance(result, Rejected):
+                self._dead_letter(msg, f"refused by the database: {result}")
+                continue
+            self._send(msg, command, result)
+
+    def _send(self, msg: Message, command: Command, outcome: Outcome) -> None:
+        messages = self._until_available(lambda: self.codec.encode(msg.key(), outcome), "encoding")
+        if messages is None:
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s at %s/%d@%d -> %s",
+                type(command).__name__,
+                command.id,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                outcome.feedback,
+            )
+        self.producer.send(messages, origin(msg))
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        (topic, partition), offset = origin(msg)
+        log.error("set aside %s/%d@%d to %s: %s", topic, partition, offset, self.dead_letter_topic, reason)
+        original = msg.headers() or []
+        headers: list[tuple[str, str | bytes | None]] = list(
+            original.items() if isinstance(original, dict) else original
+        )
+        headers += [
+            ("dlq.error", reason.encode()),
+            ("dlq.topic", topic.encode()),
+            ("dlq.partition", str(partition).encode()),
+            ("dlq.offset", str(offset).encode()),
+        ]
+        out = OutMessage(self.dead_letter_topic, msg.key(), msg.value(), headers)
+        self.producer.send([out], origin(msg))
+
+    def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
+        """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping."""
+        delay = 0.1
+        while True:
+            try:
+                return attempt()
+            except (RegistryUnavailable, Unavailable, Conflict) as err:
+                self.health.reason = f"{what}: waiting for {type(err).__name__}"
+                log.warning("%s: %s; retrying in %.1fs", what, err, delay)
+                if self.stopping.wait(delay):
+                    return None
+                delay = min(delay * 2, 5.0)
+                self.health.beat()
+
+    def _commit(self, sync: bool = False, partitions: set[TopicPartitionKey] | None = None) -> None:
+        ready = self.tracker.committable(partitions)
+        if not ready:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
+        try:
+            if sync:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as err:
+            log.warning("commit of %d partitions failed (they will be handled again): %s", len(offsets), err)
+
+    def _shutdown(self) -> None:
+        self.health.ready = False
+        self.health.reason = "stopping"
+        if self.fatal is None and not self.tracker.wait_all_done(SHUTDOWN_WAIT_S):
+            log.warning("outputs still in flight at shutdown: their commands will be handled again")
+        self._commit(sync=True)
+        self._closing = True
+        self.producer.stop()
+        self.consumer.close()
+        log.info("stopped (%s)", self.stats.line(self.tracker.in_flight(), 0))
+
+
+def origin(msg: Message) -> tuple[TopicPartitionKey, int]:
+    """Where a consumed message came from: ((topic, partition), offset)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return (topic, partition), offset
+
+
+def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
+    """Manual offset management: nothing is committed before its outputs were acknowledged."""
+    return {**base, "enable.auto.commit": False, "enable.auto.offset.store": False}

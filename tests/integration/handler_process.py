@@ -1,0 +1,98 @@
+"""Run ``command-handler run`` as a real process for end-to-end tests, and an isolated world for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from command_handler.adapters import migrations
+from command_handler.adapters.database import drop_database, ensure_role_and_database
+from command_handler.config import Settings, load_settings
+
+
+@dataclass
+class World:
+    """Topics, group and database of one test module, so modules never see each other's traffic."""
+
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env)
+
+
+@contextmanager
+def isolated_world(base_env: dict[str, str], name: str) -> Iterator[World]:
+    env = {
+        **base_env,
+        "DB_NAME": f"e2e_{name}",
+        "KAFKA_COMMAND_TOPIC": f"commands_{name}",
+        "KAFKA_ACF_TOPIC": f"account_creation_feedback_{name}",
+        "KAFKA_MTF_TOPIC": f"money_transfer_feedback_{name}",
+        "KAFKA_BC_TOPIC": f"balance_changed_{name}",
+        "KAFKA_DLQ_TOPIC": f"commands_{name}.dlq",
+        "KAFKA_GROUP_ID": f"command-handler-{name}",
+        "STATS_INTERVAL_S": "5",
+    }
+    world = World(env)
+    db = world.settings.database
+    drop_database(db.admin_url, db.name)
+    ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
+    migrations.upgrade(db.url())
+    try:
+        yield world
+    finally:
+        drop_database(db.admin_url, db.name)
+
+
+class HandlerProcess:
+    """``python -m command_handler run`` with its output in a log file."""
+
+    def __init__(self, world: World, log_dir: Path, name: str = "handler", sync: bool = True, **extra_env: str) -> None:
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()
+        args = [sys.executable, "-m", "command_handler", "run", *(["--sync"] if sync else [])]
+        self.process = subprocess.Popen(
+            args,
+            env={**world.env, **extra_env, "PATH": os.environ["PATH"]},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_until(self, text: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"handler exited with {self.process.returncode}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"handler did not log {text!r} within {timeout_s}s:\n{self.output()[-4000:]}")
+
+    def wait_assigned(self, timeout_s: float = 60.0) -> HandlerProcess:
+        self.wait_until("assigned", timeout_s)
+        return self
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.wait(10)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._log.close()

@@ -1,0 +1,249 @@
+"""The handler as a process, against the real broker, registry and Postgres: the contract row by row."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import topic_record_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from sqlalchemy import create_engine, text
+
+from command_handler.domain import rules
+from command_handler.domain.iban import BANK_IBAN, is_valid_iban
+from command_handler.loadtest.bank_client import Answer, BankClient
+from command_handler.topology import load_topology
+
+from ..conftest import Services
+from .handler_process import HandlerProcess, World, isolated_world
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(services: Services) -> Iterator[World]:
+    with isolated_world(services.env, "e2e" + uuid4().hex[:8]) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def handler(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandlerProcess]:
+    process = HandlerProcess(world, tmp_path_factory.mktemp("logs")).wait_assigned()
+    yield process
+    assert process.terminate() == 0, process.output()[-3000:]
+    assert "stopped" in process.output()
+
+
+@pytest.fixture(scope="module")
+def client(world: World, handler: HandlerProcess) -> Iterator[BankClient]:
+    c = BankClient(world.settings)
+    yield c
+    c.close()
+
+
+def open_account(client: BankClient, username: str) -> dict:
+    answer = client.wait_for(client.open_account(username))
+    assert answer.record == "AccountCreationConfirmed", answer
+    return answer.value
+
+
+def failed_reason(answer: Answer) -> str:
+    assert answer.record == "MoneyTransferFailed", answer
+    return str(answer.value["reason"])
+
+
+def test_account_creation_answers_with_iban_and_token_keyed_by_username(client: BankClient) -> None:
+    command_id = client.open_account("alice")
+    answer = client.wait_for(command_id)
+    assert answer.record == "AccountCreationConfirmed"
+    assert answer.key == b"alice"
+    assert answer.value["id"] == command_id.bytes
+    assert is_valid_iban(answer.value["iban"])
+    assert len(answer.value["token"]) == 20 and answer.value["token"].isdigit()
+
+
+def test_deposit_transfer_and_balance_changed_events(client: BankClient, world: World) -> None:
+    alice, bob = open_account(client, "alice"), open_account(client, "bob")
+    deposit = client.transfer("alice", "x", 2000, "cash", alice["iban"], "deposit")
+    assert client.wait_for(deposit).record == "MoneyTransferConfirmed"
+    (credit,) = client.wait_events(alice["iban"], 1)
+    assert credit.key == b"alice"
+    assert credit.value == {
+        "iban": alice["iban"],
+        "new_balance": 2000,
+        "changed_by": 2000,
+        "from_to": "cash",
+        "description": "deposit",
+    }
+    pay = client.transfer("alice", alice["token"], 1111, alice["iban"], bob["iban"], "lunch")
+    answer = client.wait_for(pay)
+    assert (answer.record, answer.key) == ("MoneyTransferConfirmed", b"alice")
+    debit = client.wait_events(alice["iban"], 2)[1]
+    (received,) = client.wait_events(bob["iban"], 1)
+    assert debit.value == {
+        "iban": alice["iban"],
+        "new_balance": 889,
+        "changed_by": -1111,
+        "from_to": bob["iban"],
+        "description": "lunch",
+    }
+    assert received.key == b"bob"
+    assert received.value == {
+        "iban": bob["iban"],
+        "new_balance": 1111,
+        "changed_by": 1111,
+        "from_to": alice["iban"],
+        "description": "lunch",
+    }
+    to_bank = client.transfer("bob", bob["token"], 11, bob["iban"], BANK_IBAN, "to the bank")
+    assert client.wait_for(to_bank).record == "MoneyTransferConfirmed"
+    bank_event = client.wait_events(BANK_IBAN, 1)[-1]
+    assert bank_event.key == b"open_web" and bank_event.value["changed_by"] == 11
+
+
+def test_failures_carry_the_contract_reasons(client: BankClient) -> None:
+    a, b = open_account(client, "carol"), open_account(client, "dave")
+    cases = {
+        client.transfer("carol", a["token"], 1, "NL00OPEN0000000000", b["iban"]): rules.FROM_INVALID,
+        client.transfer("carol", a["token"], 1, a["iban"], a["iban"]): rules.SAME_ACCOUNTS,
+        client.transfer("carol", "0" * 20, 1, a["iban"], b["iban"]): rules.INVALID_TOKEN,
+        client.transfer("carol", a["token"], 50_001, a["iban"], b["iban"]): rules.INSUFFICIENT_FUNDS,
+        client.transfer("carol", "", 5, "cash", "NL35OPEN0999999999"): rules.BOTH_UNKNOWN,
+        client.transfer("carol", a["token"], 0, a["iban"], b["iban"]): rules.AMOUNT_NOT_POSITIVE,
+        client.transfer("carol", a["token"], -500, a["iban"], b["iban"]): rules.AMOUNT_NOT_POSITIVE,
+        client.transfer(
+            "carol", a["token"], 1, a["iban"], b["iban"], "x" * 5000
+        ): "description is too long (at most 1000 characters)",
+    }
+    for command_id, reason in cases.items():
+        answer = client.wait_for(command_id)
+        assert failed_reason(answer) == reason
+        assert answer.key == b"carol"
+    assert client.events_for(a["iban"]) == [] and client.events_for(b["iban"]) == []
+    empty = client.wait_for(client.open_account(""))
+    assert (empty.record, empty.value["reason"]) == ("AccountCreationFailed", rules.USERNAME_EMPTY)
+
+
+def test_replayed_commands_get_identical_answers_and_change_nothing(client: BankClient, world: World) -> None:
+    creation = client.open_account("erin")
+    first = client.wait_for(creation)
+    client.open_account("erin", command_id=creation)
+    erin = first.value
+    deposit = client.transfer("erin", "", 500, "cash", erin["iban"], "once")
+    client.wait_for(deposit)
+    client.wait_events(erin["iban"], 1)
+    client.transfer("erin", "", 500, "cash", erin["iban"], "once", command_id=deposit)
+    client.transfer("erin", "", 999, "cash", erin["iban"], "changed content, same id", command_id=deposit)
+    client.wait_events(erin["iban"], 3)
+    with client._lock:
+        creations = list(client.feedback[creation])
+        deposits = list(client.feedback[deposit])
+    assert len(creations) == 2 and creations[0].value == creations[1].value
+    assert len(deposits) == 3 and all(d.value == deposits[0].value for d in deposits)
+    events = client.events_for(erin["iban"])
+    assert [e.value for e in events] == [events[0].value] * 3  # the same BalanceChanged, re-sent
+    engine = create_engine(world.settings.database.url())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT amount FROM balance WHERE iban = :i"), {"i": erin["iban"]}).scalar() == 500
+        assert conn.execute(text("SELECT count(*) FROM balance WHERE username = 'erin'")).scalar() == 1
+    engine.dispose()
+
+
+def dead_letters(world: World, count: int) -> list:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": world.env["KAFKA_BROKERS"],
+            "group.id": f"dlq-reader-{uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
+    topic = world.env["KAFKA_DLQ_TOPIC"]
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    found: list = []
+    for _ in range(200):
+        found += [m for m in consumer.consume(100, 0.1) if m.error() is None]
+        if len(found) >= count:
+            break
+    consumer.close()
+    return found
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_are_answered(
+    client: BankClient, world: World
+) -> None:
+    settings = world.settings
+    frank = open_account(client, "frank")
+    bc_schema = load_topology().records["BalanceChanged"].schema_str
+    registry = client.registry
+    not_a_command = AvroSerializer(
+        registry,
+        bc_schema,
+        conf={"auto.register.schemas": False, "subject.name.strategy": topic_record_subject_name_strategy},
+    )(
+        {"iban": "x", "new_balance": 1, "changed_by": 1, "from_to": "y", "description": "z"},
+        SerializationContext(settings.topics.balance_changed, MessageField.VALUE),
+    )
+    assert not_a_command is not None
+    cmt_id = registry.lookup_schema(
+        f"{settings.topics.commands}-nl.openweb.data.ConfirmMoneyTransfer",
+        __import__("confluent_kafka.schema_registry", fromlist=["Schema"]).Schema(
+            load_topology().records["ConfirmMoneyTransfer"].schema_str, "AVRO"
+        ),
+    ).schema_id
+    poisons = {
+        b"p-plain": b"just some text",
+        b"p-unknown-id": b"\x00\x7f\xff\xff\xf0" + b"\x02" * 20,
+        b"p-not-a-command": not_a_command,
+        b"p-null": None,
+        b"p-truncated": b"\x00" + int(cmt_id).to_bytes(4, "big") + b"\x02",
+    }
+    good = []
+    for key, value in poisons.items():
+        client.send_raw(key, value)
+        good.append(client.transfer("frank", "", 100, "cash", frank["iban"], f"after {key.decode()}"))
+    answers = client.wait_all(good)
+    assert all(a.record == "MoneyTransferConfirmed" for a in answers.values())
+    assert client.wait_events(frank["iban"], len(good))[-1].value["new_balance"] == 100 * len(good)
+    letters = {m.key(): m for m in dead_letters(world, len(poisons))}
+    assert set(letters) == set(poisons)
+    for key, value in poisons.items():
+        message = letters[key]
+        headers = dict(message.headers())
+        assert message.value() == value
+        assert headers["dlq.topic"] == settings.topics.commands.encode()
+        assert int(headers["dlq.offset"]) >= 0 and int(headers["dlq.partition"]) >= 0
+        assert headers["dlq.error"]
+    assert b"not Confluent-framed" in dict(letters[b"p-plain"].headers())["dlq.error"]
+    assert b"unknown schema id" in dict(letters[b"p-unknown-id"].headers())["dlq.error"]
+    assert b"is not a command record" in dict(letters[b"p-not-a-command"].headers())["dlq.error"]
+    assert b"null value" in dict(letters[b"p-null"].headers())["dlq.error"]
+    assert b"cannot decode" in dict(letters[b"p-truncated"].headers())["dlq.error"]
+
+
+def test_handler_logs_where_poison_came_from(handler: HandlerProcess) -> None:
+    handler.wait_until("set aside ")
+    line = next(l for l in handler.output().splitlines() if "set aside " in l)
+    assert "@" in line and "commands_" in line
+
+
+def test_health_and_refusal_without_sync(world: World, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from ..conftest import free_port
+
+    port = free_port()
+    second = HandlerProcess(world, tmp_path, name="health", sync=False, HEALTH_PORT=str(port)).wait_assigned()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as response:
+            assert response.status == 200 and json.loads(response.read())["ready"] is True
+    finally:
+        assert second.terminate() == 0
+    unsynced = HandlerProcess(
+        world, tmp_path, name="unsynced", sync=False, KAFKA_BC_TOPIC=f"never_created_{uuid4().hex[:6]}"
+    )
+    assert unsynced.wait(60) == 1
+    assert "topics missing" in unsynced.output() and "command-handler sync" in unsynced.output()
