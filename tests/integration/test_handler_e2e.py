@@ -225,7 +225,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_are_answered(
 
 def test_handler_logs_where_poison_came_from(handler: HandlerProcess) -> None:
     handler.wait_until("set aside ")
-    line = next(l for l in handler.output().splitlines() if "set aside " in l)
+    line = next(x for x in handler.output().splitlines() if "set aside " in x)
     assert "@" in line and "commands_" in line
 
 

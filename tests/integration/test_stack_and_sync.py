@@ -22,7 +22,14 @@ from ..conftest import Services, free_port
 
 pytestmark = pytest.mark.integration
 
-CONTRACT_TOPICS = {"commands", "account_creation_feedback", "money_transfer_feedback", "balance_changed"}
+# the four topics of the contract, and the handler's dead-letter topic
+CONTRACT_TOPICS = {
+    "commands",
+    "account_creation_feedback",
+    "money_transfer_feedback",
+    "balance_changed",
+    "commands.dlq",
+}
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -83,7 +90,7 @@ def test_sync_makes_exactly_the_contract_topics_and_subjects_and_is_idempotent(o
     second = cli(own_stack, "sync")
     assert second.returncode == 0, second.stderr
     assert "created" not in second.stdout and ": registered" not in second.stdout
-    assert second.stdout.count("already there") == 4 + 7
+    assert second.stdout.count("already there") == 5 + 7
     assert "nothing to change" in second.stdout
     assert set(admin.list_topics(timeout=10).topics) == CONTRACT_TOPICS
     assert all(registry.get_versions(s) == [1] for s in registry.get_subjects())

@@ -7,6 +7,7 @@ CONTRACT = {
     "account_creation_feedback": ["AccountCreationConfirmed", "AccountCreationFailed"],
     "money_transfer_feedback": ["MoneyTransferConfirmed", "MoneyTransferFailed"],
     "balance_changed": ["BalanceChanged"],
+    "commands.dlq": [],  # the handler's dead-letter topic: raw command bytes, no schema
 }
 
 FIELDS = {
