@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,24 @@ class Answer:
 
 
 class BankClient:
-    def __init__(self, settings: Settings, linger_ms: int = 0) -> None:
+    """Sends commands; collects answers.
+
+    With ``keep_all`` every answer is kept (tests). Without it (long load runs)
+    only answers to watched command ids and events of watched IBANs are kept,
+    and every answer is handed to ``on_answer``, so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        linger_ms: int = 0,
+        keep_all: bool = True,
+        on_answer: Callable[[str, Answer], None] | None = None,
+    ) -> None:
+        self.keep_all = keep_all
+        self.on_answer = on_answer
+        self.watched_ids: set[uuid.UUID] = set()
+        self.watched_ibans: set[str] = set()
         self.topics = settings.topics
         self.registry = make_registry_client(settings.registry)
         topology = load_topology(settings.topics.by_env())
@@ -155,12 +173,19 @@ class BankClient:
                     msg.partition() or 0,
                     msg.offset() or 0,
                 )
+                if self.on_answer is not None:
+                    self.on_answer(topic, answer)
                 with self._lock:
                     if topic == self.topics.balance_changed:
-                        self.balance_changed[decoded["iban"]].append(answer)
+                        iban = decoded["iban"]
+                        if self.keep_all or iban in self.watched_ibans:
+                            self.balance_changed[iban].append(answer)
+                            self._lock.notify_all()
                     else:
-                        self.feedback[uuid.UUID(bytes=decoded["id"])].append(answer)
-                    self._lock.notify_all()
+                        command_id = uuid.UUID(bytes=decoded["id"])
+                        if self.keep_all or command_id in self.watched_ids:
+                            self.feedback[command_id].append(answer)
+                            self._lock.notify_all()
 
     def wait_for(self, command_id: uuid.UUID, timeout_s: float = 30.0) -> Answer:
         """The first answer to ``command_id``; TimeoutError if none arrives in time."""

@@ -152,7 +152,7 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_applies_nothing_twice(
         assert answered_before_kill < len(sent), "the kill came too late to test anything"
         second = HandlerProcess(world, tmp_path, name="second", sync=False).wait_assigned()
         outcome = check_ledger(world, client, accounts, sent)
-        assert outcome["confirmed"] > 2000 and outcome["invalid token"] > 0
+        assert outcome["confirmed"] > len(sent) // 2 and outcome["invalid token"] > 0
         assert second.terminate() == 0
     finally:
         client.close()
