@@ -188,7 +188,7 @@ def test_two_handlers_with_duplicated_commands_across_rebalances(world: World, t
         assert first.terminate() == 0  # leaves: rebalance again, while commands keep coming
         producer.join()
         outcome = check_ledger(world, client, accounts, sent)
-        assert outcome["confirmed"] > 500
+        assert outcome["confirmed"] > len(sent) // 3
         assert "revoked" in first.output()
         with client._lock:  # both copies of every command were answered, identically
             assert all(len(client.feedback[s.id]) >= 2 for s in sent)
