@@ -64,7 +64,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     stack = LocalStack(StackConfig.from_env(), settings)
     if args.action == "up":
-        stack.up(timeout_s=settings.startup_timeout_s)
+        stack.up(timeout_s=settings.startup_timeout_s, fresh=args.fresh)
     elif args.action == "down":
         stack.down()
     else:
@@ -105,6 +105,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return loop.run()
 
 
+def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from command_handler.loadtest.latency import LatencyConfig, LatencyTest
+    from command_handler.loadtest.resources import ResourceSampler, pids_of, postgres_pids
+    from command_handler.localstack.stack import StackConfig, stack_pid
+
+    try:
+        config = LatencyConfig.load(args.config)
+    except (ValueError, TypeError) as err:
+        print(f"command-handler latency: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    broker_pid = args.broker_pid or stack_pid(StackConfig.from_env(), "broker")
+    sampler = ResourceSampler(
+        {"handler": pids_of(args.handler_pid), "broker": pids_of(broker_pid), "postgres": postgres_pids}
+    )
+    test = LatencyTest(settings, config, Path(args.results), sampler)
+    path, loops = test.run()
+    ok = loops >= config.min_loops
+    print(f"{path}: {loops} loops ({'met' if ok else 'did not meet'} the criterion of {config.min_loops})")
+    return 0 if ok else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -140,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with up: stop the stack and drop its databases first (empty broker, empty database)",
+    )
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser(
@@ -159,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sync", action="store_true", help="run the synchronizer first (create topics, register schemas)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "latency",
+        help="run one end-to-end latency test against a running handler (see scripts/loop.sh)",
+        epilog=_epilog("kafka", "registry"),
+        formatter_class=formatter,
+    )
+    p.add_argument("--config", default="reference", help="preset name (reference, ci) or TOML file")
+    p.add_argument("--results", default="results", help="folder of the results files (default: results)")
+    p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
+    p.add_argument("--broker-pid", type=int, help="PID of the broker (default: the local stack's)")
+    p.set_defaults(func=cmd_latency)
     return parser
 
 

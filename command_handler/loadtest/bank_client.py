@@ -159,7 +159,11 @@ class BankClient:
 
     def _consume(self) -> None:
         while not self._stop.is_set():
-            for msg in self.consumer.consume(500, 0.05):
+            # consume(n, timeout) waits for n messages or the whole timeout: take the first with poll, then drain
+            first = self.consumer.poll(0.05)
+            if first is None:
+                continue
+            for msg in [first, *self.consumer.consume(500, 0)]:
                 if msg.error() is not None or msg.value() is None:
                     continue
                 topic, value = msg.topic(), msg.value()
@@ -211,6 +215,17 @@ class BankClient:
             if not self._lock.wait_for(lambda: len(self.balance_changed.get(iban, [])) >= count, timeout=timeout_s):
                 raise TimeoutError(f"fewer than {count} BalanceChanged for {iban} within {timeout_s}s")
             return list(self.balance_changed[iban])
+
+    def wait_event(self, iban: str, matches: Callable[[Answer], bool], timeout_s: float) -> Answer | None:
+        """The first BalanceChanged of ``iban`` that ``matches``, or None after ``timeout_s``."""
+        found: list[Answer] = []
+
+        def look() -> bool:
+            found[:] = [a for a in self.balance_changed.get(iban, []) if matches(a)]
+            return bool(found)
+
+        with self._lock:
+            return found[0] if self._lock.wait_for(look, timeout=timeout_s) else None
 
     def close(self) -> None:
         self._stop.set()

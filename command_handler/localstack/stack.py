@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from command_handler.adapters import migrations
-from command_handler.adapters.database import ensure_role_and_database, make_engine, wait_for_database
+from command_handler.adapters.database import drop_database, ensure_role_and_database, make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
-from command_handler.config import KafkaSettings, Settings, load_settings
+from command_handler.config import KafkaSettings, Settings
 from command_handler.errors import OperatorError
 from command_handler.retry import NotReady, retry
 
@@ -157,8 +157,15 @@ class LocalStack:
 
     # -- up -------------------------------------------------------------------
 
-    def up(self, timeout_s: float = 60) -> None:
+    def up(self, timeout_s: float = 60, fresh: bool = False) -> None:
+        """Start what is not running; with ``fresh``, first stop everything and drop the stack's databases."""
         self.config.directory.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.down()
+            db = self.settings.database
+            for name in (db.name, self.config.registry_db):
+                drop_database(db.admin_url, name)
+                self.out(f"postgres: dropped database {name}")
         self._postgres(timeout_s)
         services = self.services()
         for service in services:
@@ -290,5 +297,9 @@ class LocalStack:
         return healthy
 
 
-def make_stack(out: Callable[[str], None] = print) -> LocalStack:
-    return LocalStack(StackConfig.from_env(), load_settings(), out)
+def stack_pid(config: StackConfig, name: str) -> int | None:
+    """PID recorded by ``stack up`` for a service, if its PID file exists."""
+    try:
+        return int((config.directory / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
