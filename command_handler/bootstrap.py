@@ -8,13 +8,13 @@ from typing import Any
 from confluent_kafka import Consumer
 from sqlalchemy import Engine
 
-from command_handler.adapters import migrations
 from command_handler.adapters.avro_codec import AvroCodec
 from command_handler.adapters.database import make_engine, wait_for_database
 from command_handler.adapters.health import Health
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.adapters.kafka_producer import ProducerThread
 from command_handler.adapters.schema_registry import make_registry_client, wait_for_registry
+from command_handler.adapters.schema_version import database_revision, expected_head
 from command_handler.config import Settings
 from command_handler.entrypoints.consumer import HandlerLoop, consumer_config
 from command_handler.errors import OperatorError
@@ -52,6 +52,8 @@ def kafka_consumer_conf(settings: Settings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": k.session_timeout_ms,
         "fetch.wait.max.ms": k.fetch_wait_max_ms,
+        # prefetch at most 8 MiB (librdkafka's default is 64 MiB): far more than a second of commands
+        "queued.max.messages.kbytes": 8192,
         **k.consumer_extra,
     }
 
@@ -69,7 +71,7 @@ def kafka_producer_conf(settings: Settings) -> dict[str, Any]:
 
 def _check_ready(settings: Settings, topology: Topology, admin: KafkaAdmin, codec: AvroCodec, engine: Engine) -> None:
     """Refuse to start, with the fix in the message, when the database or topology is not in place."""
-    current, head = migrations.current_revision(engine), migrations.head_revision()
+    current, head = database_revision(engine), expected_head()
     if current != head:
         raise OperatorError(
             f"database {settings.database.display()} is at revision {current}, the handler needs {head}: "

@@ -108,11 +108,13 @@ class BankClient:
 
     # -- sending --------------------------------------------------------------
 
+    def encode(self, record: str, value: dict[str, Any]) -> bytes:
+        data = self._serializers[record](value, SerializationContext(self.topics.commands, MessageField.VALUE))
+        assert data is not None
+        return data
+
     def _send(self, record: str, key: str | None, value: dict[str, Any]) -> None:
-        ctx = SerializationContext(self.topics.commands, MessageField.VALUE)
-        data = self._serializers[record](value, ctx)
-        self.producer.produce(self.topics.commands, data, key.encode() if key is not None else None)
-        self.producer.poll(0)
+        self.send_raw(key.encode() if key is not None else None, self.encode(record, value))
 
     def open_account(self, username: str, command_id: uuid.UUID | None = None) -> uuid.UUID:
         command_id = command_id or uuid.uuid4()
@@ -142,7 +144,12 @@ class BankClient:
         return command_id
 
     def send_raw(self, key: bytes | None, value: bytes | None) -> None:
-        self.producer.produce(self.topics.commands, value, key)
+        while True:
+            try:
+                self.producer.produce(self.topics.commands, value, key)
+                break
+            except BufferError:  # the producer's queue is full: let it deliver, then go on
+                self.producer.poll(0.05)
         self.producer.poll(0)
 
     def flush(self) -> None:

@@ -55,3 +55,10 @@ def test_topic_names_can_be_overridden_by_environment_names() -> None:
     topology = load_topology({"KAFKA_COMMAND_TOPIC": "cmds"})
     assert topology.topic("KAFKA_COMMAND_TOPIC").name == "cmds"
     assert "cmds-nl.openweb.data.ConfirmAccountCreation" in topology.subjects()
+
+
+def test_expected_head_matches_alembic() -> None:
+    from command_handler.adapters import migrations
+    from command_handler.adapters.schema_version import expected_head
+
+    assert expected_head() == migrations.head_revision()
