@@ -3,8 +3,8 @@
 # broker, fresh database), create topics and schemas, start the handler, run one
 # latency test (CONFIG: a preset, reference or ci, or a TOML file), stop
 # everything. Exits 0 only if every run met its criterion (at least min_loops
-# loops before it ended). Results: results/<name>-<date>.csv; handler logs in
-# results/logs. Run scripts/prepare.sh once first.
+# loops before it ended). Results: $RESULTS_DIR/<name>-<date>.csv (default
+# results/), handler logs in $RESULTS_DIR/logs. Run scripts/prepare.sh once first.
 #
 # It uses a stack of its own (ports 9192/8181, database balancedb_latency), so a
 # development stack on the default ports is left alone.
@@ -12,16 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:?usage: scripts/loop.sh N [CONFIG]}"
 config="${2:-reference}"
-ch=.venv/bin/command-handler
-[ -x "$ch" ] || { echo "loop: run scripts/prepare.sh first" >&2; exit 2; }
-
-export STACK_DIR="${LATENCY_STACK_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/open-bank-latency}"
-export STACK_BROKER_PORT="${LATENCY_BROKER_PORT:-9192}"
-export STACK_REGISTRY_PORT="${LATENCY_REGISTRY_PORT:-8181}"
-export STACK_REGISTRY_DB=schema_registry_latency
-export DB_NAME=balancedb_latency
+results="${RESULTS_DIR:-results}"
+# shellcheck source=scripts/lib/latency-stack.sh
+source scripts/lib/latency-stack.sh
 export STATS_INTERVAL_S="${STATS_INTERVAL_S:-10}"
-mkdir -p results/logs
+mkdir -p "$results/logs"
 
 handler=""
 cleanup() {
@@ -39,7 +34,7 @@ for run in $(seq 1 "$runs"); do
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
   "$ch" sync >/dev/null
-  log="results/logs/handler-$(date +%Y-%m-%d-%H-%M-%S)-run$run.log"
+  log="$results/logs/handler-$(date +%Y-%m-%d-%H-%M-%S)-run$run.log"
   "$ch" run >"$log" 2>&1 &
   handler=$!
   for _ in $(seq 1 600); do
@@ -47,7 +42,7 @@ for run in $(seq 1 "$runs"); do
     kill -0 "$handler" 2>/dev/null || { echo "loop: handler exited, see $log" >&2; exit 1; }
     sleep 0.1
   done
-  if ! "$ch" latency --config "$config" --handler-pid "$handler"; then
+  if ! "$ch" latency --config "$config" --results "$results" --handler-pid "$handler"; then
     failed=1
   fi
   kill -TERM "$handler"

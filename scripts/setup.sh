@@ -14,6 +14,10 @@ if [ "$extras" = "test" ] && ! command -v stunnel4 >/dev/null 2>&1; then
   echo "setup: installing stunnel4 and openssl (TLS tests put stunnel in front of the broker)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 openssl >/dev/null
 fi
+if [ "$extras" != "local" ] && ! command -v pgbench >/dev/null 2>&1; then
+  echo "setup: installing pgbench (the benchmark's database ceiling)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   version="$(ls /etc/postgresql | sort -V | tail -n 1)"
   echo "setup: starting PostgreSQL $version"

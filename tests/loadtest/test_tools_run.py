@@ -1,0 +1,94 @@
+"""The latency test, the report and the benchmark run to the end and write well-formed output.
+
+Only completion and form are checked here, never a timing: speed is what the
+tools measure, on a machine left alone, not what a test asserts.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from command_handler.loadtest.latency import COLUMNS, LatencyConfig
+
+from ..conftest import Services, free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = {
+        **os.environ,
+        "RESULTS_DIR": str(results),
+        "LATENCY_STACK_DIR": str(tmp_path / "stack"),
+        "LATENCY_BROKER_PORT": str(free_port()),
+        "LATENCY_REGISTRY_PORT": str(free_port()),
+    }
+    run = subprocess.run(["scripts/loop.sh", "1", "ci"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "met the criterion" in run.stdout
+    (path,) = results.glob("ci-*.csv")
+    config = LatencyConfig.load("ci")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    assert config.min_loops <= len(rows) <= config.max_loops
+    assert [int(r["loop"]) for r in rows] == list(range(1, len(rows) + 1))
+    for row in rows:
+        assert row["step"].split()[0] in ("deposit", "transfer")
+        assert int(row["timed_out"]) in (0, 1)
+        assert int(row["load_target"]) == config.load_at(int(row["loop"]))
+        float(row["load_offered"]), float(row["load_answered"])
+        if row["balance_ms"]:
+            assert float(row["balance_ms"]) >= 0
+        measured = int(row["loop"]) % config.measure_every == 0
+        assert bool(row["handler_rss_mib"]) == measured and bool(row["postgres_rss_mib"]) == measured
+    assert all(int(r["reason_mismatches"]) == 0 for r in rows)  # the handler gave the provoked reasons
+
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "command_handler",
+            "report",
+            "--results",
+            str(results),
+            "--out",
+            str(results / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    for name in ("latency.png", "cpu.png", "memory.png"):
+        assert (results / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (results / "report" / "index.html").read_text()
+    assert page.count("<img ") == 3 and "<td>ci</td>" in page
+    with open(results / "report" / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert {int(r["load/s"]) for r in summary} == {int(r["load_target"]) for r in rows}
+
+
+def test_bench_prints_the_ratio_and_writes_its_results(services: Services, tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "command_handler", "bench", "--transfers", "1500", "--accounts", "50",
+         "--pgbench-seconds", "2", "--results", str(tmp_path)],
+        env={**services.env, "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "ratio handler/pgbench:" in run.stdout
+    (path,) = tmp_path.glob("bench-*.json")
+    result = json.loads(path.read_text())
+    assert result["transfers"] == 1500 and result["confirmed"] == 1500
+    for key in ("commands_per_s", "pgbench_tps", "ratio", "handler_peak_rss_mib", "latency_p99_ms"):
+        assert result[key] > 0, key
+    assert result["latency_p50_ms"] <= result["latency_p95_ms"] <= result["latency_p99_ms"]
