@@ -16,6 +16,7 @@ The tests always use their own databases (``TEST_DB_NAME``, default
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -92,6 +93,26 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         if stack is not None:
             stack.down()
+        leftovers = processes_under(Path(tmp_path_factory.getbasetemp()))
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"processes started by the tests outlived them: {leftovers}"
+
+
+def processes_under(directory: Path) -> dict[int, str]:
+    """Live processes whose working directory is inside ``directory`` (zombies have none): pid -> command."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline and cwd.startswith(str(directory)):
+            found[int(proc.name)] = cmdline[:200]
+    return found
 
 
 @pytest.fixture

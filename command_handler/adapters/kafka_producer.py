@@ -9,13 +9,14 @@ not deliver is fatal: the handler stops without committing its offset.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from command_handler.adapters.avro_codec import OutMessage
 
@@ -38,17 +39,26 @@ class ProducerThread(threading.Thread):
         self._on_delivered = on_delivered
         self._on_failed = on_failed
         self.produced = 0
+        self._finished = threading.Event()
 
     def send(self, messages: list[OutMessage], token: Hashable) -> None:
-        """Queue one command's outputs; blocks while the queue is full."""
-        self._queue.put((messages, token))
+        """Queue one command's outputs; blocks while the queue is full (and the thread is alive)."""
+        while not self._finished.is_set():
+            try:
+                self._queue.put((messages, token), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise RuntimeError("the producer thread has stopped")
 
     def queued(self) -> int:
         return self._queue.qsize()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Produce what is queued, wait for the broker's acknowledgements, stop."""
-        self._queue.put(_STOP)
+        if not self._finished.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_STOP, timeout=timeout_s)
         self.join(timeout_s)
 
     def _produce(self, messages: list[OutMessage], token: Hashable) -> None:
@@ -72,9 +82,23 @@ class ProducerThread(threading.Thread):
                     break
                 except BufferError:  # librdkafka's own queue is full: serve callbacks, then retry
                     self._producer.poll(0.05)
+                except KafkaException as err:  # refused before sending (e.g. too large): never ack it
+                    if not failed[0]:
+                        failed[0] = True
+                        self._on_failed(token, err.args[0])
+                    return
             self.produced += 1
 
     def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as err:  # never die silently: the handler must stop, not hang
+            log.exception("producer thread failed")
+            self._on_failed("producer thread", KafkaError(KafkaError._FAIL, str(err)))
+        finally:
+            self._finished.set()
+
+    def _loop(self) -> None:
         while True:
             try:
                 item = self._queue.get(timeout=0.02)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REVOKE_WAIT_S = 20.0
 SHUTDOWN_WAIT_S = 10.0
+MAX_DEAD_LETTER_VALUE = 900_000  # below the producer's default message.max.bytes (1 MB), headers included
 
 
 class Stats:
@@ -218,7 +219,11 @@ class HandlerLoop:
             ("dlq.partition", str(partition).encode()),
             ("dlq.offset", str(offset).encode()),
         ]
-        out = OutMessage(self.dead_letter_topic, msg.key(), msg.value(), headers)
+        value = msg.value()
+        if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
+            headers.append(("dlq.value-omitted", f"{len(value)} bytes, over {MAX_DEAD_LETTER_VALUE}".encode()))
+            value = None
+        out = OutMessage(self.dead_letter_topic, msg.key(), value, headers)
         self.producer.send([out], origin(msg))
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:

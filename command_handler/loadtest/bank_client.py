@@ -59,6 +59,7 @@ class BankClient:
         self.on_answer = on_answer
         self.watched_ids: set[uuid.UUID] = set()
         self.watched_ibans: set[str] = set()
+        self.watched_keys: set[bytes] = set()  # BalanceChanged keys (usernames) worth decoding
         self.topics = settings.topics
         self.registry = make_registry_client(settings.registry)
         topology = load_topology(settings.topics.by_env())
@@ -175,6 +176,8 @@ class BankClient:
                     continue
                 topic, value = msg.topic(), msg.value()
                 assert topic is not None and value is not None
+                if topic == self.topics.balance_changed and not self.keep_all and msg.key() not in self.watched_keys:
+                    continue  # nobody waits for it: save the decoding
                 decoded = self._deserializer(value, SerializationContext(topic, MessageField.VALUE))
                 answer = Answer(
                     self._record_name(value),

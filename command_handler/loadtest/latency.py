@@ -262,6 +262,7 @@ class LatencyTest:
         if answer.record != "AccountCreationConfirmed":
             raise RuntimeError(f"the probe could not open an account: {answer.value}")
         self.client.watched_ibans.add(answer.value["iban"])
+        self.client.watched_keys.add(b"probe")
         return "probe", answer.value["iban"], answer.value["token"]
 
     def _probe_step(self, loop: int, account: tuple[str, str, str]) -> tuple[str, float | None, float | None]:
@@ -276,7 +277,6 @@ class LatencyTest:
             self.client.transfer(username, "", amount, "cash", iban, description, command_id)
         else:
             self.client.transfer(username, token, amount, iban, BANK_IBAN, description, command_id)
-        self.client.producer.flush(limit_s)
         step = f"{kind} {amount / 100:.2f}"
         try:
             feedback = self.client.wait_for(command_id, timeout_s=limit_s)

@@ -126,9 +126,9 @@ class LocalStack:
         pidfile.unlink(missing_ok=True)
         return None
 
-    def services(self, withbroker_binary: bool = True) -> list[Service]:
+    def services(self, with_broker_binary: bool = True) -> list[Service]:
         registry_url = self.settings.database.url(database=self.config.registry_db)
-        broker_bin = broker_binary() if withbroker_binary else "tansu"
+        broker_bin = broker_binary() if with_broker_binary else "tansu"
         listener = f"tcp://{HOST}:{self.config.broker_port}"
         return [
             Service(
@@ -167,16 +167,20 @@ class LocalStack:
                 drop_database(db.admin_url, name)
                 self.out(f"postgres: dropped database {name}")
         self._postgres(timeout_s)
-        services = self.services()
-        for service in services:
-            self._start(service)
-        admin = KafkaAdmin(self._stack_kafka_settings())
+        started: list[Service] = []
         try:
+            for service in self.services():
+                if self._start(service):
+                    started.append(service)
+            admin = KafkaAdmin(self._stack_kafka_settings())
             brokers = admin.wait_ready(timeout_s)
             self.out(f"broker: answering at {self.config.brokers} ({brokers} broker)")
             retry(self._registry_answers, f"registry at {self.config.registry_url}", timeout_s)
             self.out(f"registry: answering at {self.config.registry_url}")
-        except NotReady as exc:
+        except (StackError, NotReady) as exc:
+            self._stop(started)  # leave nothing half-started behind
+            if isinstance(exc, StackError):
+                raise
             raise StackError(f"{exc}; logs are in {self.config.directory}") from exc
         env_file = self.config.directory / "env"
         env_file.write_text("".join(f"export {k}={v}\n" for k, v in self.environment().items()))
@@ -240,11 +244,12 @@ class LocalStack:
         change = "already at head" if before == after else f"migrated {before} -> {after}"
         self.out(f"postgres: {db.display()} {change}")
 
-    def _start(self, service: Service) -> None:
+    def _start(self, service: Service) -> bool:
+        """Start ``service`` unless it runs already; True when this call started it."""
         pid = self._running_pid(service)
         if pid is not None:
             self.out(f"{service.name}: already running (pid {pid}) on port {service.port}")
-            return
+            return False
         if _port_open(service.port):
             raise StackError(
                 f"{service.name}: port {service.port} is already in use by another process; "
@@ -262,11 +267,15 @@ class LocalStack:
             )
         self._pidfile(service.name).write_text(f"{process.pid}\n")
         self.out(f"{service.name}: started (pid {process.pid}) on port {service.port}, log {log_path}")
+        return True
 
     # -- down / status ----------------------------------------------------------
 
     def down(self, timeout_s: float = 10) -> None:
-        for service in reversed(self.services(withbroker_binary=False)):
+        self._stop(self.services(with_broker_binary=False), timeout_s)
+
+    def _stop(self, services: list[Service], timeout_s: float = 10) -> None:
+        for service in reversed(services):
             pid = self._running_pid(service)
             if pid is None:
                 self.out(f"{service.name}: not running")
@@ -277,6 +286,8 @@ class LocalStack:
                 time.sleep(0.05)
             if service.marker in _cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
+                while service.marker in _cmdline(pid):
+                    time.sleep(0.05)
                 self.out(f"{service.name}: did not stop on SIGTERM, killed (pid {pid})")
             else:
                 self.out(f"{service.name}: stopped (pid {pid})")
@@ -284,7 +295,7 @@ class LocalStack:
 
     def status(self) -> bool:
         healthy = True
-        for service in self.services(withbroker_binary=False):
+        for service in self.services(with_broker_binary=False):
             pid = self._running_pid(service)
             answering = _port_open(service.port)
             healthy &= pid is not None and answering
