@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Producer
+
 from command_handler.config import Settings
 from command_handler.domain.iban import BANK_IBAN
 from command_handler.loadtest.bank_client import Answer, BankClient
@@ -65,6 +67,7 @@ class LatencyConfig:
     invalid_token_share: float = 0.05
     insufficient_funds_share: float = 0.05
     measure_every: int = 20
+    load_linger_ms: int = 10  # the background load's producer batches, as the GraphQL endpoint's would
 
     @classmethod
     def load(cls, name_or_path: str) -> LatencyConfig:
@@ -248,7 +251,9 @@ class LatencyTest:
         self.sampler = sampler
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.load: BackgroundLoad | None = None
-        self.client = BankClient(settings, keep_all=False, on_answer=self._on_answer)
+        self.client = BankClient(settings, linger_ms=config.load_linger_ms, keep_all=False, on_answer=self._on_answer)
+        # the probe sends through a producer of its own that does not wait to batch
+        self.probe = Producer({**settings.kafka.common(), "acks": "all", "linger.ms": 0})
 
     def _on_answer(self, topic: str, answer: Answer) -> None:
         if self.load is not None:
@@ -273,10 +278,11 @@ class LatencyTest:
         self.client.watched_ids.add(command_id)
         limit_s = self.config.max_interaction_ms / 1000
         start = time.monotonic()
-        if kind == "deposit":
-            self.client.transfer(username, "", amount, "cash", iban, description, command_id)
-        else:
-            self.client.transfer(username, token, amount, iban, BANK_IBAN, description, command_id)
+        frm, to, token = ("cash", iban, "") if kind == "deposit" else (iban, BANK_IBAN, token)
+        value = {"id": command_id.bytes, "token": token, "amount": amount, "from": frm, "to": to,
+                 "description": description}  # fmt: skip
+        self.probe.produce(self.settings.topics.commands, self.client.encode("ConfirmMoneyTransfer", value), b"probe")
+        self.probe.poll(0)
         step = f"{kind} {amount / 100:.2f}"
         try:
             feedback = self.client.wait_for(command_id, timeout_s=limit_s)
@@ -344,6 +350,7 @@ class LatencyTest:
         if self.progress:
             print(file=sys.stderr)
         self.client.close()
+        self.probe.flush(5)
         return path, loop
 
     def _report(self, row: Row, time_outs: int) -> None:
