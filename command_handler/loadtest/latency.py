@@ -281,7 +281,9 @@ class LatencyTest:
         frm, to, token = ("cash", iban, "") if kind == "deposit" else (iban, BANK_IBAN, token)
         value = {"id": command_id.bytes, "token": token, "amount": amount, "from": frm, "to": to,
                  "description": description}  # fmt: skip
-        self.probe.produce(self.settings.topics.commands, self.client.encode("ConfirmMoneyTransfer", value), b"probe")
+        self.probe.produce(
+            self.settings.topics.commands, self.client.encode("ConfirmMoneyTransfer", value), username.encode()
+        )
         self.probe.poll(0)
         step = f"{kind} {amount / 100:.2f}"
         try:
