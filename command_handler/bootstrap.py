@@ -30,9 +30,14 @@ def topology_for(settings: Settings) -> Topology:
     return load_topology(settings.topics.by_env())
 
 
-def synchronize(settings: Settings, prune: bool = False) -> SyncReport:
-    """Wait for the broker and the registry (bounded), then apply the topology to both."""
+def synchronize(settings: Settings, prune: bool = False, partitions: int | None = None) -> SyncReport:
+    """Wait for the broker and the registry (bounded), then apply the topology to both.
+
+    ``partitions`` overrides the topology's partition count of topics it creates (tests, local experiments).
+    """
     topology = topology_for(settings)
+    if partitions is not None:
+        topology = topology.with_partitions(partitions)
     admin = KafkaAdmin(settings.kafka)
     registry = make_registry_client(settings.registry)
     brokers = admin.wait_ready(settings.startup_timeout_s)

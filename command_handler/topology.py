@@ -8,7 +8,7 @@ subjects follow the TopicRecordNameStrategy: ``<topic>-<record full name>``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,9 @@ class Topic:
 class Topology:
     topics: tuple[Topic, ...]
     records: dict[str, Record] = field(repr=False)
+
+    def with_partitions(self, partitions: int) -> Topology:
+        return replace(self, topics=tuple(replace(t, partitions=partitions) for t in self.topics))
 
     def topic(self, env: str) -> Topic:
         for topic in self.topics:

@@ -7,7 +7,9 @@
 # results/), handler logs in $RESULTS_DIR/logs. Run scripts/prepare.sh once first.
 #
 # It uses a stack of its own (ports 9192/8181, database balancedb_latency), so a
-# development stack on the default ports is left alone.
+# development stack on the default ports is left alone. LATENCY_NAME names the
+# results (the variant); LATENCY_PARTITIONS creates the topics with fewer
+# partitions than the reference's 24 (an experiment on the local broker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:?usage: scripts/loop.sh N [CONFIG]}"
@@ -33,7 +35,7 @@ for run in $(seq 1 "$runs"); do
   "$ch" stack up --fresh >/dev/null
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
-  "$ch" sync >/dev/null
+  "$ch" sync ${LATENCY_PARTITIONS:+--partitions "$LATENCY_PARTITIONS"} >/dev/null
   log="$results/logs/handler-$(date +%Y-%m-%d-%H-%M-%S)-run$run.log"
   "$ch" run >"$log" 2>&1 &
   handler=$!
@@ -42,7 +44,8 @@ for run in $(seq 1 "$runs"); do
     kill -0 "$handler" 2>/dev/null || { echo "loop: handler exited, see $log" >&2; exit 1; }
     sleep 0.1
   done
-  if ! "$ch" latency --config "$config" --results "$results" --handler-pid "$handler"; then
+  if ! "$ch" latency --config "$config" --results "$results" ${LATENCY_NAME:+--name "$LATENCY_NAME"} \
+      --handler-pid "$handler"; then
     failed=1
   fi
   kill -TERM "$handler"

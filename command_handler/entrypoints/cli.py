@@ -75,7 +75,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from command_handler.bootstrap import synchronize
 
-    report = synchronize(settings, prune=args.prune)
+    report = synchronize(settings, prune=args.prune, partitions=args.partitions)
     for line in report.lines():
         print(line)
     print("synchronized: " + ("changes made" if report.changed else "nothing to change"))
@@ -121,6 +121,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     from command_handler.loadtest.latency import LatencyConfig, LatencyTest
@@ -129,6 +130,8 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         config = LatencyConfig.load(args.config)
+        if args.name:
+            config = replace(config, name=args.name)
     except (ValueError, TypeError) as err:
         print(f"command-handler latency: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -224,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     p.add_argument("--prune", action="store_true", help="also delete topics the topology does not name")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="create missing topics with N partitions instead of the topology's (local experiments)",
+    )
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser(
@@ -243,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default="reference", help="preset name (reference, ci) or TOML file")
     p.add_argument("--results", default="results", help="folder of the results files (default: results)")
+    p.add_argument("--name", help="name of the results file (the variant), instead of the config's")
     p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
     p.add_argument("--broker-pid", type=int, help="PID of the broker (default: the local stack's)")
     p.set_defaults(func=cmd_latency)
