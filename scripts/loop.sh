@@ -4,7 +4,8 @@
 # latency test (CONFIG: a preset, reference or ci, or a TOML file), stop
 # everything. Exits 0 only if every run met its criterion (at least min_loops
 # loops before it ended). Results: $RESULTS_DIR/<name>-<date>.csv (default
-# results/), handler logs in $RESULTS_DIR/logs. Run scripts/prepare.sh once first.
+# results/), handler logs in $RESULTS_DIR/logs, and at the end the report of all
+# runs there in $RESULTS_DIR/report. Run scripts/prepare.sh once first.
 #
 # It uses a stack of its own (ports 9192/8181, database balancedb_latency), so a
 # development stack on the default ports is left alone. LATENCY_NAME names the
@@ -53,4 +54,6 @@ for run in $(seq 1 "$runs"); do
   handler=""
   "$ch" stack down >/dev/null
 done
+# the summary table, charts and HTML page of every run in the results folder, pooled by variant
+"$ch" report --results "$results" --out "$results/report" | tail -n 7
 exit "$failed"
