@@ -167,18 +167,19 @@ class LocalStack:
                 drop_database(db.admin_url, name)
                 self.out(f"postgres: dropped database {name}")
         self._postgres(timeout_s)
-        started: list[Service] = []
+        started: list[tuple[Service, subprocess.Popen[bytes]]] = []
         try:
             for service in self.services():
-                if self._start(service):
-                    started.append(service)
+                process = self._start(service)
+                if process is not None:
+                    started.append((service, process))
             admin = KafkaAdmin(self._stack_kafka_settings())
             brokers = admin.wait_ready(timeout_s)
             self.out(f"broker: answering at {self.config.brokers} ({brokers} broker)")
             retry(self._registry_answers, f"registry at {self.config.registry_url}", timeout_s)
             self.out(f"registry: answering at {self.config.registry_url}")
         except (StackError, NotReady) as exc:
-            self._stop(started)  # leave nothing half-started behind
+            self._stop_started(started)  # leave nothing half-started behind
             if isinstance(exc, StackError):
                 raise
             raise StackError(f"{exc}; logs are in {self.config.directory}") from exc
@@ -244,12 +245,12 @@ class LocalStack:
         change = "already at head" if before == after else f"migrated {before} -> {after}"
         self.out(f"postgres: {db.display()} {change}")
 
-    def _start(self, service: Service) -> bool:
-        """Start ``service`` unless it runs already; True when this call started it."""
+    def _start(self, service: Service) -> subprocess.Popen[bytes] | None:
+        """Start ``service`` unless it runs already; the process when this call started it."""
         pid = self._running_pid(service)
         if pid is not None:
             self.out(f"{service.name}: already running (pid {pid}) on port {service.port}")
-            return False
+            return None
         if _port_open(service.port):
             raise StackError(
                 f"{service.name}: port {service.port} is already in use by another process; "
@@ -265,9 +266,28 @@ class LocalStack:
                 start_new_session=True,
                 cwd=self.config.directory,
             )
+        # /proc shows the new command line only a moment after the spawn: wait for it, so that
+        # the PID file is never taken for a stranger's by `down` or `status`
+        deadline = time.monotonic() + 5
+        while service.marker not in _cmdline(process.pid) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if process.poll() is not None:
+            raise StackError(f"{service.name}: exited at once with {process.returncode}; see {log_path}")
         self._pidfile(service.name).write_text(f"{process.pid}\n")
         self.out(f"{service.name}: started (pid {process.pid}) on port {service.port}, log {log_path}")
-        return True
+        return process
+
+    def _stop_started(self, started: list[tuple[Service, subprocess.Popen[bytes]]]) -> None:
+        """Stop processes this very call started, through their handles."""
+        for service, process in reversed(started):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+            self._pidfile(service.name).unlink(missing_ok=True)
+            self.out(f"{service.name}: stopped (pid {process.pid})")
 
     # -- down / status ----------------------------------------------------------
 
