@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from sqlalchemy import Engine
 
 from command_handler.adapters.avro_codec import AvroCodec
@@ -16,7 +17,7 @@ from command_handler.adapters.kafka_producer import ProducerThread
 from command_handler.adapters.schema_registry import make_registry_client, wait_for_registry
 from command_handler.adapters.schema_version import database_revision, expected_head
 from command_handler.config import Settings
-from command_handler.entrypoints.consumer import HandlerLoop, consumer_config
+from command_handler.entrypoints.consumer import HandlerLoop
 from command_handler.errors import OperatorError
 from command_handler.service_layer.commands import CommandService
 from command_handler.service_layer.synchronizer import SyncReport, sync_subjects, sync_topics
@@ -38,11 +39,23 @@ def synchronize(settings: Settings, prune: bool = False, partitions: int | None 
     topology = topology_for(settings)
     if partitions is not None:
         topology = topology.with_partitions(partitions)
+    admin, registry = _wait_for_kafka_and_registry(settings)
+    return _apply_topology(admin, registry, topology, prune)
+
+
+def _wait_for_kafka_and_registry(settings: Settings) -> tuple[KafkaAdmin, SchemaRegistryClient]:
     admin = KafkaAdmin(settings.kafka)
-    registry = make_registry_client(settings.registry)
     brokers = admin.wait_ready(settings.startup_timeout_s)
     log.info("kafka at %s answers (%d brokers)", settings.kafka.brokers, brokers)
+    registry = make_registry_client(settings.registry)
     wait_for_registry(registry, settings.registry.url, settings.startup_timeout_s)
+    log.info("schema registry at %s answers", settings.registry.url)
+    return admin, registry
+
+
+def _apply_topology(
+    admin: KafkaAdmin, registry: SchemaRegistryClient, topology: Topology, prune: bool = False
+) -> SyncReport:
     report = SyncReport()
     sync_topics(admin, topology, report, prune=prune)
     sync_subjects(registry, topology, report)
@@ -60,6 +73,9 @@ def kafka_consumer_conf(settings: Settings) -> dict[str, Any]:
         # prefetch at most 8 MiB (librdkafka's default is 64 MiB): far more than a second of commands
         "queued.max.messages.kbytes": 8192,
         **k.consumer_extra,
+        # manual offsets, whatever the extras say: nothing is committed before its outputs were acknowledged
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
     }
 
 
@@ -95,22 +111,17 @@ def _check_ready(settings: Settings, topology: Topology, admin: KafkaAdmin, code
 def build_handler(settings: Settings, sync_first: bool = False, health: Health | None = None) -> HandlerLoop:
     """Wait for every service (bounded), check the database and topology, and wire the handler."""
     topology = topology_for(settings)
-    admin = KafkaAdmin(settings.kafka)
-    brokers = admin.wait_ready(settings.startup_timeout_s)
-    log.info("kafka at %s answers (%d brokers)", settings.kafka.brokers, brokers)
-    registry = make_registry_client(settings.registry)
-    wait_for_registry(registry, settings.registry.url, settings.startup_timeout_s)
-    log.info("schema registry at %s answers", settings.registry.url)
+    admin, registry = _wait_for_kafka_and_registry(settings)
     engine = make_engine(settings.database)
     wait_for_database(engine, settings.startup_timeout_s)
     log.info("database %s answers", settings.database.display())
     if sync_first:
-        for line in synchronize(settings).lines():
+        for line in _apply_topology(admin, registry, topology).lines():
             log.info("sync: %s", line)
     codec = AvroCodec(registry, topology, settings.topics)
     _check_ready(settings, topology, admin, codec, engine)
     service = CommandService(lambda: SqlAlchemyUnitOfWork(engine))
-    consumer = Consumer(consumer_config(kafka_consumer_conf(settings)), logger=logging.getLogger("librdkafka.consumer"))
+    consumer = Consumer(kafka_consumer_conf(settings), logger=logging.getLogger("librdkafka.consumer"))
     producer_conf = kafka_producer_conf(settings)
     return HandlerLoop(
         consumer=consumer,

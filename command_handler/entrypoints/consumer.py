@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -270,8 +270,3 @@ def origin(msg: Message) -> tuple[TopicPartitionKey, int]:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     return (topic, partition), offset
-
-
-def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
-    """Manual offset management: nothing is committed before its outputs were acknowledged."""
-    return {**base, "enable.auto.commit": False, "enable.auto.offset.store": False}
