@@ -133,6 +133,13 @@ class BankClient:
         command_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         command_id = command_id or uuid.uuid4()
+        self.send_raw(key.encode(), self.encode_transfer(command_id, token, amount, frm, to, description))
+        return command_id
+
+    def encode_transfer(
+        self, command_id: uuid.UUID, token: str, amount: int, frm: str, to: str, description: str
+    ) -> bytes:
+        """A ConfirmMoneyTransfer in the wire format, to send now or later (the benchmark encodes ahead)."""
         value = {
             "id": command_id.bytes,
             "token": token,
@@ -141,8 +148,7 @@ class BankClient:
             "to": to,
             "description": description,
         }
-        self._send("ConfirmMoneyTransfer", key, value)
-        return command_id
+        return self.encode("ConfirmMoneyTransfer", value)
 
     def send_raw(self, key: bytes | None, value: bytes | None) -> None:
         while True:

@@ -237,8 +237,8 @@ def _drive(settings: Settings, pid: int, rows: list[tuple[str, str, str]], trans
         username, frm, token = rows[n % len(rows)]
         to = rows[(n * 7 + 1) % len(rows)][1]
         command_id = uuid.uuid4()
-        value = {"id": command_id.bytes, "token": token, "amount": 100, "from": frm, "to": to, "description": "bench"}
-        commands.append((command_id, username.encode(), client.encode("ConfirmMoneyTransfer", value)))
+        value = client.encode_transfer(command_id, token, 100, frm, to, "bench")
+        commands.append((command_id, username.encode(), value))
     process = psutil.Process(pid)
     peak = PeakSampler(pid)
     cpu_before = sum(process.cpu_times()[:2])

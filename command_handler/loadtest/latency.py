@@ -279,11 +279,8 @@ class LatencyTest:
         limit_s = self.config.max_interaction_ms / 1000
         start = time.monotonic()
         frm, to, token = ("cash", iban, "") if kind == "deposit" else (iban, BANK_IBAN, token)
-        value = {"id": command_id.bytes, "token": token, "amount": amount, "from": frm, "to": to,
-                 "description": description}  # fmt: skip
-        self.probe.produce(
-            self.settings.topics.commands, self.client.encode("ConfirmMoneyTransfer", value), username.encode()
-        )
+        value = self.client.encode_transfer(command_id, token, amount, frm, to, description)
+        self.probe.produce(self.settings.topics.commands, value, username.encode())
         self.probe.poll(0)
         step = f"{kind} {amount / 100:.2f}"
         try:
