@@ -8,6 +8,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from command_handler.adapters.database import drop_database, ensure_role_and_database
+from command_handler.config import DatabaseSettings
 from command_handler.topology import PROJECT_ROOT
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -35,3 +37,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def fresh_database(db: DatabaseSettings) -> None:
+    """Drop ``db.name``, create it again (and its role if missing) and migrate it: benchmarks and tests."""
+    drop_database(db.admin_url, db.name)
+    ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
+    upgrade(db.url())

@@ -32,7 +32,6 @@ import psutil
 from sqlalchemy import create_engine, text
 
 from command_handler.adapters import migrations
-from command_handler.adapters.database import drop_database, ensure_role_and_database
 from command_handler.bootstrap import synchronize
 from command_handler.config import Settings, load_settings
 from command_handler.domain.iban import iban_for
@@ -125,9 +124,7 @@ def bench_environment(suffix: str) -> dict[str, str]:
 def prepare_database(settings: Settings, accounts: int) -> tuple[int, int, list[tuple[str, str, str]]]:
     """Fresh bench database with ``accounts`` rich accounts; returns their balance_id range and rows."""
     db = settings.database
-    drop_database(db.admin_url, db.name)
-    ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
-    migrations.upgrade(db.url())
+    migrations.fresh_database(db)
     rows = [(f"bench{i}", iban_for(f"{i + 1:010d}"), f"{i:020d}") for i in range(accounts)]
     engine = create_engine(db.url())
     with engine.begin() as conn:

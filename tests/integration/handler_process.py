@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from command_handler.adapters import migrations
-from command_handler.adapters.database import drop_database, ensure_role_and_database
+from command_handler.adapters.database import drop_database
 from command_handler.config import Settings, load_settings
 
 
@@ -43,9 +43,7 @@ def isolated_world(base_env: dict[str, str], name: str) -> Iterator[World]:
     }
     world = World(env)
     db = world.settings.database
-    drop_database(db.admin_url, db.name)
-    ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
-    migrations.upgrade(db.url())
+    migrations.fresh_database(db)
     try:
         yield world
     finally:
