@@ -118,15 +118,18 @@ class HandlerLoop:
         if not self._closing and not self.tracker.wait_all_done(REVOKE_WAIT_S, tps):
             log.warning("revoked partitions still have outputs in flight: their commands will be handled again")
         self._commit(sync=True, partitions=tps)
-        self.tracker.forget(tps)
-        self._assigned -= tps
+        self._release(tps)
         log.info("revoked %d partitions", len(tps))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        self._release(tps)
+        log.warning("lost %d partitions (their uncommitted commands will be handled again)", len(tps))
+
+    def _release(self, tps: set[TopicPartitionKey]) -> None:
+        """No longer ours: forget what was in flight there (another handler will redo it)."""
         self.tracker.forget(tps)
         self._assigned -= tps
-        log.warning("lost %d partitions (their uncommitted commands will be handled again)", len(tps))
 
     # -- the loop -------------------------------------------------------------
 

@@ -112,18 +112,16 @@ class LocalStack:
     # -- files ----------------------------------------------------------------
 
     def _pidfile(self, name: str) -> Path:
-        return self.config.directory / f"{name}.pid"
+        return pidfile(self.config, name)
 
     def _running_pid(self, service: Service) -> int | None:
         """PID of our own running process for ``service``, else None (and a stale PID file is removed)."""
-        pidfile = self._pidfile(service.name)
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
+        pid = stack_pid(self.config, service.name)
+        if pid is None:
             return None
         if service.marker in _cmdline(pid):
             return pid
-        pidfile.unlink(missing_ok=True)
+        self._pidfile(service.name).unlink(missing_ok=True)
         return None
 
     def services(self, with_broker_binary: bool = True) -> list[Service]:
@@ -292,10 +290,7 @@ class LocalStack:
     # -- down / status ----------------------------------------------------------
 
     def down(self, timeout_s: float = 10) -> None:
-        self._stop(self.services(with_broker_binary=False), timeout_s)
-
-    def _stop(self, services: list[Service], timeout_s: float = 10) -> None:
-        for service in reversed(services):
+        for service in reversed(self.services(with_broker_binary=False)):
             pid = self._running_pid(service)
             if pid is None:
                 self.out(f"{service.name}: not running")
@@ -328,9 +323,13 @@ class LocalStack:
         return healthy
 
 
+def pidfile(config: StackConfig, name: str) -> Path:
+    return config.directory / f"{name}.pid"
+
+
 def stack_pid(config: StackConfig, name: str) -> int | None:
-    """PID recorded by ``stack up`` for a service, if its PID file exists."""
+    """PID recorded by ``stack up`` for a service, if its PID file exists (it may have stopped since)."""
     try:
-        return int((config.directory / f"{name}.pid").read_text().strip())
+        return int(pidfile(config, name).read_text().strip())
     except (OSError, ValueError):
         return None
