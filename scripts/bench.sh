@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [BENCH OPTIONS]: the throughput benchmark on a fresh stack of
-# its own (same ports and databases as scripts/loop.sh), stopped afterwards.
+# its own (same ports and databases as scripts/loop.sh), stopped afterwards;
+# BROKER=kafka|tansu chooses the broker (default kafka).
 # Options go to `command-handler bench` (--transfers, --accounts, --pgbench-seconds).
 # Run scripts/prepare.sh once first.
 set -euo pipefail

@@ -7,9 +7,10 @@
 # results/), handler logs in $RESULTS_DIR/logs, and at the end the report of all
 # runs there in $RESULTS_DIR/report. Run scripts/prepare.sh once first.
 #
-# It uses a stack of its own (ports 9192/8181, database balancedb_latency), so a
+# BROKER=kafka|tansu chooses the broker (default kafka). It uses a stack of its
+# own (ports 9192/9193/8181/5542, database balancedb_latency), so a
 # development stack on the default ports is left alone. LATENCY_NAME names the
-# results (the variant); LATENCY_PARTITIONS creates the topics with fewer
+# results (the variant; default CONFIG-BROKER, e.g. reference-kafka); LATENCY_PARTITIONS creates the topics with fewer
 # partitions than the reference's 24 (an experiment on the local broker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# the variant: LATENCY_NAME, else the config's file name and the broker (e.g. reference-kafka)
+name="${LATENCY_NAME:-$(basename "$config" .toml)-$STACK_BROKER}"
 failed=0
 for run in $(seq 1 "$runs"); do
   echo "== run $run of $runs ($config)"
@@ -45,7 +48,7 @@ for run in $(seq 1 "$runs"); do
     kill -0 "$handler" 2>/dev/null || { echo "loop: handler exited, see $log" >&2; exit 1; }
     sleep 0.1
   done
-  if ! "$ch" latency --config "$config" --results "$results" ${LATENCY_NAME:+--name "$LATENCY_NAME"} \
+  if ! "$ch" latency --config "$config" --results "$results" --name "$name" \
       --handler-pid "$handler"; then
     failed=1
   fi

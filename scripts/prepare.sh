@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # Set up, once and idempotently, everything the latency tests and the benchmark
-# need: the virtual environment with the bench extras, PostgreSQL running with
-# the project's role and database, pgbench, and the results folder.
+# need: the Debian packages (PostgreSQL's binaries and pgbench, a JDK and Maven),
+# the virtual environment with the bench extras, Apache Kafka's jars in the
+# cache, and the results folder. The stack itself starts in loop.sh/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh bench
-if ! command -v pgbench >/dev/null 2>&1; then
-  echo "prepare: installing pgbench"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
-fi
-.venv/bin/command-handler migrate --create-db
+.venv/bin/python -c "from command_handler.localstack.kafka import ensure_jars; ensure_jars()"
 mkdir -p results
-echo "prepare: ready; run scripts/loop.sh N [CONFIG]"
+echo "prepare: ready; run scripts/loop.sh N [CONFIG] (BROKER=kafka|tansu)"

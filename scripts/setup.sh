@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a machine of this project's kind (Debian, Python 3.11):
-# a virtual environment in .venv with the project and its extras, and a running
-# PostgreSQL. Usage: scripts/setup.sh [EXTRAS]   (default: test)
+# the Debian packages the local stack needs (PostgreSQL's binaries for a cluster
+# of the stack's own, a JDK and Maven for Apache Kafka, acl, and for the tests
+# openssl and stunnel4), then a virtual environment in .venv with the project
+# and its extras. It starts no service: `command-handler stack up` does.
+# Usage: scripts/setup.sh [EXTRAS]   (default: test; local, bench, test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
 
-if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
-  echo "setup: installing PostgreSQL from Debian's packages"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+packages=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+command -v pgbench >/dev/null 2>&1 || packages+=(postgresql-client)
+command -v java >/dev/null 2>&1 || packages+=(default-jdk-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
+command -v setfacl >/dev/null 2>&1 || packages+=(acl)
+if [ "$extras" = "test" ]; then
+  command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+  command -v stunnel4 >/dev/null 2>&1 || packages+=(stunnel4)
 fi
-if [ "$extras" = "test" ] && ! command -v stunnel4 >/dev/null 2>&1; then
-  echo "setup: installing stunnel4 and openssl (TLS tests put stunnel in front of the broker)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 openssl >/dev/null
-fi
-if [ "$extras" != "local" ] && ! command -v pgbench >/dev/null 2>&1; then
-  echo "setup: installing pgbench (the benchmark's database ceiling)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
-fi
-if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
-  version="$(ls /etc/postgresql | sort -V | tail -n 1)"
-  echo "setup: starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "setup: installing from Debian's packages: ${packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -33,6 +34,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the project with extras [$extras]"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import command_handler, confluent_kafka, sqlalchemy, alembic" 
+  .venv/bin/python -c "import command_handler, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi

@@ -1,13 +1,15 @@
 """Shared fixtures: the services the integration tests talk to.
 
-By default the session starts its own local stack (Tansu broker and the local
-Schema Registry on free ports, in a temporary STACK_DIR) against the Postgres
-server at DB_HOSTNAME/DB_PORT, and stops it at the end. To run the same suite
-against external services, set any of:
+By default the session starts its own local stack in a temporary STACK_DIR on
+free ports: Apache Kafka (``TEST_BROKER=tansu`` for Tansu) with a mutual-TLS
+listener whose CA and certificates the session makes, the local Schema
+Registry, and a PostgreSQL cluster of its own; it stops all of it at the end.
+To run the same suite against external services, set any of:
 
-* ``TEST_KAFKA_BROKERS``: use this Kafka instead of starting Tansu
-* ``TEST_SCHEMA_REGISTRY_URL``: use this Schema Registry instead of the local one
-* ``DB_HOSTNAME``, ``DB_PORT``, ``DB_USER``, ``DB_PASSWORD``, ``DB_ADMIN_URL``: the Postgres server
+* ``TEST_POSTGRES=external``: use the PostgreSQL server of ``DB_HOSTNAME``,
+  ``DB_PORT``, ``DB_USER``, ``DB_PASSWORD``, ``DB_ADMIN_URL``
+* ``TEST_KAFKA_BROKERS`` and ``TEST_SCHEMA_REGISTRY_URL``: use this Kafka and
+  Schema Registry, and start no stack (implies ``TEST_POSTGRES=external``)
 
 The tests always use their own databases (``TEST_DB_NAME``, default
 ``balancedb_test``), dropped and created afresh, never the real ``DB_NAME``.
@@ -30,8 +32,11 @@ from command_handler.adapters.database import drop_database, ensure_role_and_dat
 from command_handler.config import Settings, load_settings
 from command_handler.localstack.stack import LocalStack, StackConfig
 
+from .certificates import make_certificates
+
 TEST_DB = os.environ.get("TEST_DB_NAME", "balancedb_test")
 TEST_REGISTRY_DB = "schema_registry_test"
+TEST_BROKER = os.environ.get("TEST_BROKER", "kafka")
 
 
 def free_port() -> int:
@@ -55,10 +60,26 @@ def _base_env() -> dict[str, str]:
         DB_NAME=TEST_DB,
         LOG_LEVEL="INFO",
         STARTUP_TIMEOUT_S="60",
+        # handlers that the tests kill must leave their group quickly (a test setting, not the stack's)
         KAFKA_SESSION_TIMEOUT_MS="6000",
-        KAFKA_FETCH_WAIT_MAX_MS="10",
     )
     return env
+
+
+def stack_config_on_free_ports(directory: Path, broker: str = TEST_BROKER, own_postgres: bool = True) -> StackConfig:
+    """A stack on free ports in ``directory``; with Kafka, a mutual-TLS listener with fresh certificates."""
+    return StackConfig(
+        directory=directory,
+        broker=broker,
+        broker_port=free_port(),
+        controller_port=free_port(),
+        registry_port=free_port(),
+        db_port=free_port(),
+        registry_db=TEST_REGISTRY_DB,
+        own_postgres=own_postgres,
+        tls_dir=make_certificates(directory / "tls") if broker == "kafka" else None,
+        broker_tls_port=free_port(),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,28 +87,19 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     env = _base_env()
     external_kafka = os.environ.get("TEST_KAFKA_BROKERS")
     external_registry = os.environ.get("TEST_SCHEMA_REGISTRY_URL")
-    settings = load_settings(env)
-    db = settings.database
-    drop_database(db.admin_url, TEST_DB)
-    drop_database(db.admin_url, TEST_REGISTRY_DB)
     stack = None
     if external_kafka and external_registry:
-        ensure_role_and_database(db.admin_url, db.user, db.password, db.name)
-        migrations.upgrade(db.url())
         env.update(KAFKA_BROKERS=external_kafka, SCHEMA_REGISTRY_URL=external_registry)
     else:
-        config = StackConfig(
-            directory=Path(tmp_path_factory.mktemp("stack")),
-            broker_port=free_port(),
-            registry_port=free_port(),
-            registry_db=TEST_REGISTRY_DB,
-        )
-        stack = LocalStack(config, settings, out=lambda line: print(f"[stack] {line}"))
-        stack.up(timeout_s=60)
-        env.update(
-            KAFKA_BROKERS=external_kafka or config.brokers,
-            SCHEMA_REGISTRY_URL=external_registry or config.registry_url,
-        )
+        own_postgres = os.environ.get("TEST_POSTGRES", "own") != "external"
+        config = stack_config_on_free_ports(Path(tmp_path_factory.mktemp("stack")), own_postgres=own_postgres)
+        stack = LocalStack(config, load_settings(env), out=lambda line: print(f"[stack] {line}"))
+        if not own_postgres:
+            drop_database(stack.database.admin_url, TEST_REGISTRY_DB)
+        stack.up(timeout_s=120)
+        env.update(stack.environment())
+    db = load_settings(env).database
+    migrations.fresh_database(db)
     try:
         yield Services(env, stack)
     finally:

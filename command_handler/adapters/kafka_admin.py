@@ -34,6 +34,17 @@ class KafkaAdmin:
         metadata = self._client.list_topics(timeout=self._timeout)
         return {name: len(t.partitions) for name, t in metadata.topics.items() if not name.startswith("__")}
 
+    def wait_listed(self, names: list[str], timeout_s: float = 30) -> None:
+        """Wait until the metadata lists every topic of ``names``: a broker lists a new topic a moment after
+        creating it, and a consumer that checks for its topics must see them."""
+
+        def listed() -> None:
+            missing = sorted(set(names) - set(self.topics()))
+            if missing:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"not listed yet: {missing}"))
+
+        retry(listed, f"new topics at {self._brokers}", timeout_s)
+
     def create_topic(self, name: str, partitions: int, replication: int, config: dict[str, str]) -> bool:
         """Create a topic; False when it already existed."""
         future = self._client.create_topics(

@@ -33,6 +33,13 @@ def _epilog(*groups: str) -> str:
     return "environment variables:\n" + describe_variables(groups or None)
 
 
+def _stack_epilog() -> str:
+    from command_handler.localstack.stack import STACK_VARIABLES
+
+    own = "\n".join(f"  {name:<32} {meaning}" for name, meaning in STACK_VARIABLES)
+    return f"stack variables:\n{own}\n\n" + _epilog("database")
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from command_handler.adapters import migrations
     from command_handler.adapters.database import ensure_role_and_database, make_engine, wait_for_database
@@ -60,9 +67,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
     from command_handler.localstack.stack import LocalStack, StackConfig
 
-    stack = LocalStack(StackConfig.from_env(), settings)
+    config = StackConfig.from_env()
+    if args.broker:
+        config = replace(config, broker=args.broker)
+    stack = LocalStack(config, settings)
     if args.action == "up":
         stack.up(timeout_s=settings.startup_timeout_s, fresh=args.fresh)
     elif args.action == "down":
@@ -125,7 +137,7 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from command_handler.loadtest.latency import LatencyConfig, LatencyTest
-    from command_handler.loadtest.resources import ResourceSampler, pids_of, postgres_pids
+    from command_handler.loadtest.resources import ResourceSampler, pids_of, postgres_pids, process_tree
     from command_handler.localstack.stack import StackConfig, stack_pid
 
     try:
@@ -135,9 +147,13 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     except (ValueError, TypeError) as err:
         print(f"command-handler latency: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    broker_pid = args.broker_pid or stack_pid(StackConfig.from_env(), "broker")
+    stack = StackConfig.from_env()
+    broker_pid = args.broker_pid or stack_pid(stack, "broker")
+    cluster = stack.cluster()
+    # the stack's own PostgreSQL (the postmaster and its backends), else every postgres process here
+    postgres = process_tree(cluster.pid) if stack.own_postgres and cluster.initialized else postgres_pids
     sampler = ResourceSampler(
-        {"handler": pids_of(args.handler_pid), "broker": pids_of(broker_pid), "postgres": postgres_pids}
+        {"handler": pids_of(args.handler_pid), "broker": pids_of(broker_pid), "postgres": postgres}
     )
     test = LatencyTest(settings, config, Path(args.results), sampler)
     path, loops = test.run()
@@ -206,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "stack",
-        help="start, stop or show the embedded local stack (Tansu broker, local registry, Postgres)",
-        description="The local stack for development and tests: never used in production. Extra variables: "
-        "STACK_DIR (logs, PID files, env file), STACK_BROKER_PORT (9092), STACK_REGISTRY_PORT (8081).",
-        epilog=_epilog("database", "general"),
+        help="start, stop or show the embedded local stack (Kafka or Tansu, local registry, its own PostgreSQL)",
+        description="The local stack for development and tests: never used in production. It runs Apache Kafka "
+        "(KRaft, jars from Maven Central) or Tansu, the local Schema Registry, and a PostgreSQL cluster of its own "
+        "in STACK_DIR; `up` prints the environment to use and writes it to $STACK_DIR/env.",
+        epilog=_stack_epilog(),
         formatter_class=formatter,
     )
     p.add_argument("action", choices=("up", "down", "status"))
@@ -217,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="with up: stop the stack and drop its databases first (empty broker, empty database)",
+    )
+    p.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        help="with up: the broker to run (default: STACK_BROKER, else kafka)",
     )
     p.set_defaults(func=cmd_stack)
 

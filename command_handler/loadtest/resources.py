@@ -17,6 +17,21 @@ def postgres_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
 
 
+def process_tree(pid: Callable[[], int | None]) -> Callable[[], list[int]]:
+    """A process and its children (a PostgreSQL postmaster and its backends), looked up at each sample."""
+
+    def pids() -> list[int]:
+        root = pid()
+        if root is None:
+            return []
+        try:
+            return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+        except psutil.Error:
+            return []
+
+    return pids
+
+
 class ResourceSampler:
     def __init__(self, components: dict[str, Callable[[], list[int]]]) -> None:
         self.components = components

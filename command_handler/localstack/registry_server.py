@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -220,16 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--database-url", required=True, help="SQLAlchemy URL of the registry's Postgres database")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain): serve https instead of http")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     server = make_server(args.host, args.port, args.database_url)
+    scheme = "http"
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("schema registry listening on http://%s:%d", args.host, args.port)
+    log.info("schema registry listening on %s://%s:%d", scheme, args.host, args.port)
     server.serve_forever()
     server.server_close()
     log.info("schema registry stopped")

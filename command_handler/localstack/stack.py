@@ -1,9 +1,12 @@
-"""The embedded local open-bank stack: Tansu broker, local Schema Registry, Postgres.
+"""The embedded local open-bank stack: a broker, the local Schema Registry, and a PostgreSQL of its own.
 
 Local development and tests only; production points the handler at real
-services. ``up`` starts what is not running, waits until each answers, and
-prints the environment to use; ``down`` stops exactly what ``up`` started, by
-PID. Logs, PID files and an ``env`` file live in one folder (``STACK_DIR``).
+services. The broker is Apache Kafka (one KRaft node, the default: the broker
+the handler meets in production) or Tansu (memory only, light). ``up`` starts
+what is not running, waits until each answers, and prints the environment to
+use; ``down`` stops exactly what ``up`` started, by PID. Logs, PID files, the
+Kafka log directory, the PostgreSQL cluster and an ``env`` file live in one
+folder (``STACK_DIR``), so ``down`` then ``up`` keeps topics, offsets and data.
 """
 
 from __future__ import annotations
@@ -19,17 +22,46 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from command_handler.adapters import migrations
 from command_handler.adapters.database import drop_database, ensure_role_and_database, make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
-from command_handler.config import KafkaSettings, Settings
+from command_handler.config import DatabaseSettings, KafkaSettings, Settings
 from command_handler.errors import OperatorError
+from command_handler.localstack.kafka import KafkaNode, TlsListener
+from command_handler.localstack.postgres import Cluster
 from command_handler.retry import NotReady, retry
 
 HOST = "127.0.0.1"
 REGISTRY_DB = "schema_registry"
+BROKERS = ("kafka", "tansu")
+DEFAULT_BROKER = "kafka"
+
+# variable -> default port
+PORTS = {
+    "STACK_BROKER_PORT": 9092,
+    "STACK_CONTROLLER_PORT": 9093,
+    "STACK_BROKER_TLS_PORT": 9094,
+    "STACK_REGISTRY_PORT": 8081,
+    "STACK_DB_PORT": 5442,
+}
+
+# the stack's own variables, for --help
+STACK_VARIABLES = (
+    ("STACK_DIR", "logs, PID files, Kafka data, PostgreSQL cluster, env file [~/.local/state/open-bank-stack]"),
+    ("STACK_BROKER", f"kafka (Apache Kafka, KRaft) or tansu [{DEFAULT_BROKER}]; `up --broker` overrides it"),
+    ("STACK_BROKER_PORT", "plaintext listener of the broker [9092]"),
+    ("STACK_CONTROLLER_PORT", "KRaft controller listener (kafka) [9093]"),
+    ("STACK_TLS_DIR", "with ca.pem, server.pem, server.key: a mutual-TLS listener too (kafka) [off]"),
+    ("STACK_BROKER_TLS_PORT", "that TLS listener [9094]"),
+    ("STACK_REGISTRY_PORT", "local Schema Registry [8081]"),
+    ("STACK_POSTGRES", "own (a cluster in STACK_DIR) or external (the DB_* server) [own]"),
+    ("STACK_DB_PORT", "port of the stack's own PostgreSQL, loopback only [5442]"),
+    ("STACK_REGISTRY_DB", "database of the registry's state [schema_registry]"),
+    ("OPEN_BANK_CACHE", "where Kafka's jars are cached [~/.cache/open-bank]"),
+)
 
 
 class StackError(OperatorError):
@@ -41,7 +73,13 @@ class StackConfig:
     directory: Path
     broker_port: int
     registry_port: int
-    registry_db: str
+    registry_db: str = REGISTRY_DB
+    broker: str = DEFAULT_BROKER
+    controller_port: int = PORTS["STACK_CONTROLLER_PORT"]
+    db_port: int = PORTS["STACK_DB_PORT"]
+    own_postgres: bool = True
+    tls_dir: Path | None = None
+    broker_tls_port: int = PORTS["STACK_BROKER_TLS_PORT"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -49,20 +87,37 @@ class StackConfig:
         default_dir = Path(env.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "open-bank-stack"
         errors = []
         ports = {}
-        for name, default in (("STACK_BROKER_PORT", 9092), ("STACK_REGISTRY_PORT", 8081)):
+        for name, default in PORTS.items():
             raw = env.get(name, str(default))
             if not raw.isdigit() or not 0 < int(raw) < 65536:
                 errors.append(f"{name}={raw!r} must be a port number")
                 ports[name] = default
             else:
                 ports[name] = int(raw)
+        broker = env.get("STACK_BROKER", DEFAULT_BROKER)
+        if broker not in BROKERS:
+            errors.append(f"STACK_BROKER={broker!r} must be one of {', '.join(BROKERS)}")
+        postgres = env.get("STACK_POSTGRES", "own")
+        if postgres not in ("own", "external"):
+            errors.append(f"STACK_POSTGRES={postgres!r} must be own or external")
+        tls_dir = Path(env["STACK_TLS_DIR"]) if env.get("STACK_TLS_DIR") else None
+        if tls_dir is not None:
+            missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (tls_dir / n).is_file()]
+            if missing:
+                errors.append(f"STACK_TLS_DIR={str(tls_dir)!r} lacks {', '.join(missing)}")
         if errors:
             raise StackError("invalid configuration: " + "; ".join(errors))
         return cls(
             directory=Path(env.get("STACK_DIR", str(default_dir))),
+            broker=broker,
             broker_port=ports["STACK_BROKER_PORT"],
+            controller_port=ports["STACK_CONTROLLER_PORT"],
             registry_port=ports["STACK_REGISTRY_PORT"],
+            db_port=ports["STACK_DB_PORT"],
             registry_db=env.get("STACK_REGISTRY_DB", REGISTRY_DB),
+            own_postgres=postgres == "own",
+            tls_dir=tls_dir,
+            broker_tls_port=ports["STACK_BROKER_TLS_PORT"],
         )
 
     @property
@@ -70,15 +125,30 @@ class StackConfig:
         return f"{HOST}:{self.broker_port}"
 
     @property
+    def tls_brokers(self) -> str:
+        return f"{HOST}:{self.broker_tls_port}"
+
+    @property
     def registry_url(self) -> str:
         return f"http://{HOST}:{self.registry_port}"
+
+    def kafka_node(self) -> KafkaNode:
+        tls = None
+        if self.tls_dir is not None:
+            d = self.tls_dir
+            tls = TlsListener(self.broker_tls_port, d / "ca.pem", d / "server.pem", d / "server.key")
+        return KafkaNode(self.directory / "kafka", HOST, self.broker_port, self.controller_port, tls)
+
+    def cluster(self, out: Callable[[str], None] = print) -> Cluster:
+        return Cluster(self.directory / "postgres", self.db_port, out)
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
-    port: int
-    command: list[str]
+    kind: str  # what runs: kafka, tansu, registry
+    ports: tuple[int, ...]
+    command: Callable[[], list[str]]  # evaluated only when the service is started
     marker: str  # a string in the process's command line, to never signal a stranger's PID
 
 
@@ -108,63 +178,87 @@ class LocalStack:
         self.config = config
         self.settings = settings
         self.out = out
+        self.cluster = config.cluster(out) if config.own_postgres else None
 
-    # -- files ----------------------------------------------------------------
+    @property
+    def database(self) -> DatabaseSettings:
+        """The handler's database on the stack's PostgreSQL (its own cluster, or the DB_* server)."""
+        db = self.settings.database
+        if self.cluster is None:
+            return db
+        if not self.cluster.initialized:
+            return replace(db, host=HOST, port=self.config.db_port)
+        return replace(db, host=HOST, port=self.config.db_port, admin_url=self.cluster.admin_url())
+
+    # -- services ---------------------------------------------------------------
 
     def _pidfile(self, name: str) -> Path:
         return pidfile(self.config, name)
 
     def _running_pid(self, service: Service) -> int | None:
-        """PID of our own running process for ``service``, else None (and a stale PID file is removed)."""
+        """PID of our own running process for ``service``, else None."""
         pid = stack_pid(self.config, service.name)
-        if pid is None:
-            return None
-        if service.marker in _cmdline(pid):
-            return pid
-        self._pidfile(service.name).unlink(missing_ok=True)
-        return None
+        return pid if pid is not None and service.marker in _cmdline(pid) else None
 
-    def services(self, with_broker_binary: bool = True) -> list[Service]:
-        registry_url = self.settings.database.url(database=self.config.registry_db)
-        broker_bin = broker_binary() if with_broker_binary else "tansu"
+    def broker_services(self) -> dict[str, Service]:
+        node = self.config.kafka_node()
         listener = f"tcp://{HOST}:{self.config.broker_port}"
-        return [
-            Service(
+        tls_ports = (self.config.broker_tls_port,) if self.config.tls_dir else ()
+        return {
+            "kafka": Service(
                 "broker",
-                self.config.broker_port,
-                [broker_bin, "broker", "--listener-url", listener, "--advertised-listener-url", listener],
+                "kafka",
+                (self.config.broker_port, self.config.controller_port, *tls_ports),
+                lambda: node.prepare(self.out),
+                marker=node.marker,
+            ),
+            "tansu": Service(
+                "broker",
+                "tansu",
+                (self.config.broker_port,),
+                lambda: [broker_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener],
                 marker=f"--listener-url {listener}",
             ),
+        }
+
+    def services(self) -> list[Service]:
+        registry_url = self.database.url(database=self.config.registry_db)
+        port = str(self.config.registry_port)
+        registry = [sys.executable, "-m", "command_handler.localstack.registry_server", "--host", HOST, "--port", port]
+        return [
+            self.broker_services()[self.config.broker],
             Service(
                 "registry",
-                self.config.registry_port,
-                [
-                    sys.executable,
-                    "-m",
-                    "command_handler.localstack.registry_server",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.config.registry_port),
-                    "--database-url",
-                    registry_url,
-                ],
-                marker=f"registry_server --host {HOST} --port {self.config.registry_port}",
+                "registry",
+                (self.config.registry_port,),
+                lambda: [*registry, "--database-url", registry_url],
+                marker=f"registry_server --host {HOST} --port {port}",
             ),
         ]
+
+    def running_broker(self) -> tuple[str, int] | None:
+        """(kind, pid) of the broker this stack runs, whichever kind it is."""
+        for kind, service in self.broker_services().items():
+            pid = self._running_pid(service)
+            if pid is not None:
+                return kind, pid
+        return None
 
     # -- up -------------------------------------------------------------------
 
     def up(self, timeout_s: float = 60, fresh: bool = False) -> None:
-        """Start what is not running; with ``fresh``, first stop everything and drop the stack's databases."""
+        """Start what is not running; with ``fresh``, first stop everything and empty the broker and databases."""
         self.config.directory.mkdir(parents=True, exist_ok=True)
         if fresh:
             self.down()
-            db = self.settings.database
-            for name in (db.name, self.config.registry_db):
-                drop_database(db.admin_url, name)
-                self.out(f"postgres: dropped database {name}")
-        self._postgres(timeout_s)
+            shutil.rmtree(self.config.kafka_node().data, ignore_errors=True)
+        running = self.running_broker()
+        if running is not None and running[0] != self.config.broker:
+            raise StackError(
+                f"broker: {running[0]} is running (pid {running[1]}); `command-handler stack down` before "
+                f"switching to {self.config.broker}"
+            )
+        self._postgres(timeout_s, fresh)
         started: list[tuple[Service, subprocess.Popen[bytes]]] = []
         try:
             for service in self.services():
@@ -173,35 +267,43 @@ class LocalStack:
                     started.append((service, process))
             admin = KafkaAdmin(self._stack_kafka_settings())
             brokers = admin.wait_ready(timeout_s)
-            self.out(f"broker: answering at {self.config.brokers} ({brokers} broker)")
+            self.out(f"broker: {self.config.broker} answering at {self.config.brokers} ({brokers} broker)")
             retry(self._registry_answers, f"registry at {self.config.registry_url}", timeout_s)
             self.out(f"registry: answering at {self.config.registry_url}")
-        except (StackError, NotReady) as exc:
+        except (OperatorError, NotReady) as exc:
             self._stop_started(started)  # leave nothing half-started behind
             if isinstance(exc, StackError):
                 raise
             raise StackError(f"{exc}; logs are in {self.config.directory}") from exc
         env_file = self.config.directory / "env"
-        env_file.write_text("".join(f"export {k}={v}\n" for k, v in self.environment().items()))
+        environment = self.environment()
+        env_file.touch(mode=0o600)
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in environment.items()))
         self.out(f"\nlocal stack is up; logs and PID files in {self.config.directory}")
-        self.out(f"environment for the handler and tests (also in {env_file}):")
-        for key, value in self.environment().items():
-            self.out(f"  export {key}={value}")
+        self.out(f"environment for the handler and tests (source {env_file}):")
+        for key, value in environment.items():
+            shown = "(secret: see the env file)" if key == "DB_ADMIN_URL" else value
+            self.out(f"  export {key}={shown}")
 
     def environment(self) -> dict[str, str]:
-        db = self.settings.database
-        return {
+        db = self.database
+        env = {
+            "STACK_BROKER": self.config.broker,
             "KAFKA_BROKERS": self.config.brokers,
             "SCHEMA_REGISTRY_URL": self.config.registry_url,
             "DB_HOSTNAME": db.host,
             "DB_PORT": str(db.port),
             "DB_NAME": db.name,
             "DB_USER": db.user,
-            # Tansu joins a group in about half the session timeout and answers a fetch only after
-            # fetch.wait.max.ms: both are set low for the local broker (real Kafka needs neither).
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "KAFKA_FETCH_WAIT_MAX_MS": "10",
         }
+        if self.cluster is not None:
+            env["DB_ADMIN_URL"] = db.admin_url
+        if self.config.broker == "tansu":
+            # Tansu joins a group in about half the session timeout and answers a fetch only after
+            # fetch.wait.max.ms: both are set low for it (Apache Kafka needs neither).
+            env["KAFKA_SESSION_TIMEOUT_MS"] = "6000"
+            env["KAFKA_FETCH_WAIT_MAX_MS"] = "10"
+        return env
 
     def _stack_kafka_settings(self) -> KafkaSettings:
         return replace(self.settings.kafka, brokers=self.config.brokers, security={})
@@ -210,18 +312,18 @@ class LocalStack:
         with urllib.request.urlopen(f"{self.config.registry_url}/subjects", timeout=2) as response:
             json.loads(response.read())
 
-    def _postgres(self, timeout_s: float) -> None:
-        db = self.settings.database
-        if not _port_open(db.port, db.host) and db.host in ("localhost", HOST) and shutil.which("pg_ctlcluster"):
-            versions = sorted(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else []
-            if versions:
-                self.out(f"postgres: not answering on {db.host}:{db.port}, starting cluster {versions[-1]}/main")
-                subprocess.run(
-                    ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"],
-                    check=False,
-                    capture_output=True,
-                )
+    def _postgres(self, timeout_s: float, fresh: bool) -> None:
+        if self.cluster is not None:
+            if self.cluster.start(timeout_s):
+                self.out(f"postgres: started the stack's cluster on {HOST}:{self.config.db_port}")
+            else:
+                self.out(f"postgres: already running (pid {self.cluster.pid()}) on port {self.config.db_port}")
+        db = self.database
         try:
+            if fresh:
+                for name in (db.name, self.config.registry_db):
+                    retry(partial(drop_database, db.admin_url, name), "postgres (admin connection)", timeout_s)
+                    self.out(f"postgres: dropped database {name}")
             created = retry(
                 lambda: ensure_role_and_database(db.admin_url, db.user, db.password, db.name),
                 "postgres (admin connection)",
@@ -247,17 +349,19 @@ class LocalStack:
         """Start ``service`` unless it runs already; the process when this call started it."""
         pid = self._running_pid(service)
         if pid is not None:
-            self.out(f"{service.name}: already running (pid {pid}) on port {service.port}")
+            self.out(f"{service.name}: {service.kind} already running (pid {pid}) on port {service.ports[0]}")
             return None
-        if _port_open(service.port):
-            raise StackError(
-                f"{service.name}: port {service.port} is already in use by another process; "
-                f"stop it or choose another port (STACK_BROKER_PORT / STACK_REGISTRY_PORT)"
-            )
+        for port in service.ports:
+            if _port_open(port):
+                raise StackError(
+                    f"{service.name}: port {port} is already in use by another process; "
+                    f"stop it or choose other ports ({', '.join(PORTS)})"
+                )
+        command = service.command()
         log_path = self.config.directory / f"{service.name}.log"
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                service.command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -272,7 +376,9 @@ class LocalStack:
         if process.poll() is not None:
             raise StackError(f"{service.name}: exited at once with {process.returncode}; see {log_path}")
         self._pidfile(service.name).write_text(f"{process.pid}\n")
-        self.out(f"{service.name}: started (pid {process.pid}) on port {service.port}, log {log_path}")
+        self.out(
+            f"{service.name}: {service.kind} started (pid {process.pid}) on port {service.ports[0]}, log {log_path}"
+        )
         return process
 
     def _stop_started(self, started: list[tuple[Service, subprocess.Popen[bytes]]]) -> None:
@@ -280,7 +386,7 @@ class LocalStack:
         for service, process in reversed(started):
             process.terminate()
             try:
-                process.wait(10)
+                process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
@@ -289,37 +395,53 @@ class LocalStack:
 
     # -- down / status ----------------------------------------------------------
 
-    def down(self, timeout_s: float = 10) -> None:
-        for service in reversed(self.services(with_broker_binary=False)):
-            pid = self._running_pid(service)
-            if pid is None:
-                self.out(f"{service.name}: not running")
-                continue
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while service.marker in _cmdline(pid) and time.monotonic() < deadline:
+    def _stop(self, service: Service, pid: int, timeout_s: float) -> None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while service.marker in _cmdline(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if service.marker in _cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+            while service.marker in _cmdline(pid):
                 time.sleep(0.05)
-            if service.marker in _cmdline(pid):
-                os.kill(pid, signal.SIGKILL)
-                while service.marker in _cmdline(pid):
-                    time.sleep(0.05)
-                self.out(f"{service.name}: did not stop on SIGTERM, killed (pid {pid})")
-            else:
-                self.out(f"{service.name}: stopped (pid {pid})")
-            self._pidfile(service.name).unlink(missing_ok=True)
+            self.out(f"{service.name}: did not stop on SIGTERM, killed (pid {pid})")
+        else:
+            self.out(f"{service.name}: {service.kind} stopped (pid {pid})")
+        self._pidfile(service.name).unlink(missing_ok=True)
+
+    def down(self, timeout_s: float = 30) -> None:
+        """Stop the registry, the broker (whichever kind runs) and the stack's own PostgreSQL."""
+        candidates = [self.services()[1], *self.broker_services().values()]
+        for name in ("registry", "broker"):
+            running = [(s, pid) for s in candidates if s.name == name and (pid := self._running_pid(s)) is not None]
+            if not running:
+                self.out(f"{name}: not running")
+                self._pidfile(name).unlink(missing_ok=True)
+            for service, pid in running:
+                self._stop(service, pid, timeout_s)
+        if self.cluster is not None:
+            pid = self.cluster.pid()
+            self.out(f"postgres: stopped (pid {pid})" if self.cluster.stop() else "postgres: not running")
 
     def status(self) -> bool:
         healthy = True
-        for service in self.services(with_broker_binary=False):
-            pid = self._running_pid(service)
-            answering = _port_open(service.port)
-            healthy &= pid is not None and answering
-            state = f"running (pid {pid})" if pid else "not running"
-            self.out(f"{service.name}: {state}, port {service.port} {'answering' if answering else 'closed'}")
-        db = self.settings.database
+        running = self.running_broker()
+        kind, pid = running if running is not None else (self.config.broker, None)
+        answering = _port_open(self.config.broker_port)
+        healthy &= pid is not None and answering
+        state = f"{kind} running (pid {pid})" if pid else "not running"
+        self.out(f"broker: {state}, port {self.config.broker_port} {'answering' if answering else 'closed'}")
+        registry = self.services()[1]
+        pid = self._running_pid(registry)
+        answering = _port_open(self.config.registry_port)
+        healthy &= pid is not None and answering
+        state = f"running (pid {pid})" if pid else "not running"
+        self.out(f"registry: {state}, port {self.config.registry_port} {'answering' if answering else 'closed'}")
+        db = self.database
         db_up = _port_open(db.port, db.host)
         healthy &= db_up
-        self.out(f"postgres: {db.host}:{db.port} {'answering' if db_up else 'closed'}")
+        owner = f"own cluster (pid {self.cluster.pid()})" if self.cluster is not None else "external"
+        self.out(f"postgres: {owner}, {db.host}:{db.port} {'answering' if db_up else 'closed'}")
         return healthy
 
 

@@ -63,6 +63,8 @@ def sync_topics(admin: KafkaAdmin, topology: Topology, report: SyncReport, prune
             report.topics_created.append(topic.name)
         else:
             report.topics_present.append(topic.name)
+    if report.topics_created:
+        admin.wait_listed(report.topics_created)
     if prune:
         known = {t.name for t in topology.topics}
         for name in sorted(set(existing) - known):

@@ -4,21 +4,27 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from sqlalchemy import text
 
-from command_handler.adapters.database import drop_database
+from command_handler.adapters.database import drop_database, make_engine
 from command_handler.bootstrap import synchronize
-from command_handler.localstack.stack import LocalStack, StackConfig, StackError
+from command_handler.config import load_settings
+from command_handler.localstack.stack import LocalStack, StackError
 from command_handler.retry import NotReady
 from command_handler.service_layer.synchronizer import SyncError
 from command_handler.topology import load_topology
 
-from ..conftest import Services, free_port, processes_under
+from ..conftest import Services, free_port, processes_under, stack_config_on_free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -42,32 +48,55 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def listed_topics(admin: AdminClient, expect: set[str] = CONTRACT_TOPICS, timeout_s: float = 15) -> dict[str, Any]:
+    """The topics in the broker's metadata (internal ones left out), once they are ``expect`` or after
+    ``timeout_s``: Kafka's metadata follows a creation or deletion a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = {name: t for name, t in admin.list_topics(timeout=10).topics.items() if not name.startswith("__")}
+        if set(topics) == expect or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.1)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a stack's env file (``export NAME=value`` lines)."""
+    pairs = (line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+    return {name: value for name, value in pairs}
+
+
 @pytest.fixture(scope="module")
 def own_stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A stack of this module's own, driven through the CLI: the environment to reach it."""
+    """A stack of this module's own (broker, registry, PostgreSQL), driven through the CLI: the environment to reach it."""
     if services.stack is None:
         pytest.skip("external services: the local stack is not used")
     directory = tmp_path_factory.mktemp("own-stack")
     env = {
         **services.env,
         "STACK_DIR": str(directory),
+        "STACK_BROKER": services.stack.config.broker,
         "STACK_BROKER_PORT": str(free_port()),
+        "STACK_CONTROLLER_PORT": str(free_port()),
         "STACK_REGISTRY_PORT": str(free_port()),
+        "STACK_DB_PORT": str(free_port()),
+        "STACK_POSTGRES": "own" if services.stack.cluster is not None else "external",
         "STACK_REGISTRY_DB": "schema_registry_own_stack",
     }
-    settings = services.settings()
-    drop_database(settings.database.admin_url, "schema_registry_own_stack")
+    if services.stack.cluster is None:
+        drop_database(services.settings().database.admin_url, "schema_registry_own_stack")
     up = cli(env, "stack", "up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "local stack is up" in up.stdout
-    env["KAFKA_BROKERS"] = f"127.0.0.1:{env['STACK_BROKER_PORT']}"
-    env["SCHEMA_REGISTRY_URL"] = f"http://127.0.0.1:{env['STACK_REGISTRY_PORT']}"
+    assert "postgres://" not in up.stdout, "the admin URL's password is not printed"
+    env.update(read_env_file(directory / "env"))
+    assert env["KAFKA_BROKERS"] == f"127.0.0.1:{env['STACK_BROKER_PORT']}"
+    assert env["SCHEMA_REGISTRY_URL"] == f"http://127.0.0.1:{env['STACK_REGISTRY_PORT']}"
     try:
         yield env
     finally:
         down = cli(env, "stack", "down")
         assert down.returncode == 0, down.stdout + down.stderr
-        drop_database(settings.database.admin_url, "schema_registry_own_stack")
+        assert processes_under(directory) == {}
 
 
 def test_sync_makes_exactly_the_contract_topics_and_subjects_and_is_idempotent(own_stack: dict[str, str]) -> None:
@@ -78,7 +107,7 @@ def test_sync_makes_exactly_the_contract_topics_and_subjects_and_is_idempotent(o
     assert first.stdout.count(": registered, id") == 7
 
     admin = AdminClient({"bootstrap.servers": own_stack["KAFKA_BROKERS"]})
-    topics = admin.list_topics(timeout=10).topics
+    topics = listed_topics(admin)
     assert set(topics) == CONTRACT_TOPICS
     assert all(len(t.partitions) == 24 for t in topics.values())
     configs = admin.describe_configs([ConfigResource("topic", "commands")])
@@ -92,7 +121,7 @@ def test_sync_makes_exactly_the_contract_topics_and_subjects_and_is_idempotent(o
     assert "created" not in second.stdout and ": registered" not in second.stdout
     assert second.stdout.count("already there") == 5 + 7
     assert "nothing to change" in second.stdout
-    assert set(admin.list_topics(timeout=10).topics) == CONTRACT_TOPICS
+    assert set(listed_topics(admin)) == CONTRACT_TOPICS
     assert all(registry.get_versions(s) == [1] for s in registry.get_subjects())
 
 
@@ -102,21 +131,63 @@ def test_prune_deletes_only_unknown_topics(own_stack: dict[str, str], unique: st
 
     admin.create_topics([NewTopic(f"stray-{unique}", 1, 1)])[f"stray-{unique}"].result()
     kept = cli(own_stack, "sync")
-    assert f"stray-{unique}" in admin.list_topics(timeout=10).topics, kept.stdout
+    assert f"stray-{unique}" in listed_topics(admin, CONTRACT_TOPICS | {f"stray-{unique}"}), kept.stdout
     pruned = cli(own_stack, "sync", "--prune")
     assert pruned.returncode == 0, pruned.stderr
     assert f"topic stray-{unique}: deleted" in pruned.stdout
-    assert set(admin.list_topics(timeout=10).topics) == CONTRACT_TOPICS
+    assert set(listed_topics(admin)) == CONTRACT_TOPICS
 
 
 def test_stack_up_twice_is_safe_and_status_reports_running(own_stack: dict[str, str]) -> None:
     again = cli(own_stack, "stack", "up")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "broker: already running" in again.stdout
-    assert "registry: already running" in again.stdout
+    assert f"broker: {own_stack['STACK_BROKER']} already running" in again.stdout
+    assert "registry: registry already running" in again.stdout
+    assert "postgres: already running" in again.stdout
     status = cli(own_stack, "stack", "status")
     assert status.returncode == 0
     assert status.stdout.count("answering") == 3
+    assert f"broker: {own_stack['STACK_BROKER']} running" in status.stdout
+
+
+def test_down_then_up_keeps_topics_offsets_and_balances(own_stack: dict[str, str], unique: str) -> None:
+    if own_stack["STACK_BROKER"] != "kafka":
+        pytest.skip("Tansu keeps everything in memory: only Apache Kafka keeps data across a restart")
+    assert cli(own_stack, "sync").returncode == 0
+    brokers = own_stack["KAFKA_BROKERS"]
+    producer = Producer({"bootstrap.servers": brokers})
+    for n in range(3):
+        producer.produce("commands", key=b"kept", value=f"record {n} {unique}".encode(), partition=0)
+    assert producer.flush(10) == 0
+    group = f"kept-{unique}"
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    end = consumer.get_watermark_offsets(TopicPartition("commands", 0), timeout=10)[1]
+    consumer.commit(offsets=[TopicPartition("commands", 0, end)], asynchronous=False)
+    consumer.close()
+    settings = load_settings(own_stack)
+    engine = make_engine(settings.database)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO balance (username, iban, token, amount) VALUES (:u, :i, :t, 4242)"),
+            {"u": f"kept-{unique}", "i": f"NL00KEPT{unique}", "t": "0" * 20},
+        )
+    engine.dispose()
+
+    assert cli(own_stack, "stack", "down").returncode == 0
+    up = cli(own_stack, "stack", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    assert set(listed_topics(admin)) >= CONTRACT_TOPICS
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
+    assert consumer.committed([TopicPartition("commands", 0)], timeout=10)[0].offset == end
+    assert consumer.get_watermark_offsets(TopicPartition("commands", 0), timeout=10)[1] == end
+    consumer.close()
+    engine = make_engine(settings.database)
+    with engine.connect() as conn:
+        amount = conn.execute(text("SELECT amount FROM balance WHERE username = :u"), {"u": f"kept-{unique}"})
+        assert amount.scalar_one() == 4242
+    engine.dispose()
 
 
 def test_sync_reports_an_incompatible_registered_schema_by_subject(services: Services, unique: str) -> None:
@@ -145,7 +216,7 @@ def test_a_taken_port_is_a_clear_error_and_down_stops_everything(services: Servi
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
     taken = blocker.getsockname()[1]
-    config = StackConfig(tmp_path, broker_port=free_port(), registry_port=taken, registry_db="schema_registry_test")
+    config = replace(stack_config_on_free_ports(tmp_path), registry_port=taken)
     stack = LocalStack(config, services.settings(), out=lambda line: None)
     try:
         with pytest.raises(StackError, match=f"port {taken} is already in use"):

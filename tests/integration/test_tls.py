@@ -1,11 +1,14 @@
 """The handler in an SSL-configured deployment: mutual TLS to Kafka (PEM files, key password), https registry.
 
-Tansu's own TLS flags do not work in the build we use, so stunnel terminates TLS
+On Apache Kafka the session's broker has a TLS listener of its own (client
+certificates required) and the local registry serves https itself. Tansu's own
+TLS flags do not work in the build we use, so on Tansu stunnel terminates TLS
 in front of a Tansu that advertises the TLS port, and in front of the registry.
 """
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,31 +20,11 @@ import pytest
 from command_handler.loadtest.bank_client import BankClient
 from command_handler.localstack.stack import broker_binary
 
+from ..certificates import KEY_PASSWORD, make_certificates
 from ..conftest import Services, free_port
 from .handler_process import HandlerProcess, World, isolated_world
 
 pytestmark = pytest.mark.integration
-
-KEY_PASSWORD = "k3y-passw0rd"
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certificates(d: Path) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "2", "-subj", "/CN=open-bank test CA", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1", cwd=d)  # fmt: skip
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)  # fmt: skip
-    openssl("genrsa", "-aes256", "-passout", f"pass:{KEY_PASSWORD}", "-out", "client.key", "2048", cwd=d)
-    openssl("req", "-new", "-key", "client.key", "-passin", f"pass:{KEY_PASSWORD}", "-out", "client.csr",
-            "-subj", "/CN=command-handler", cwd=d)  # fmt: skip
-    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "client.pem", "-days", "2", cwd=d)  # fmt: skip
 
 
 def wait_port(port: int, timeout_s: float = 20) -> None:
@@ -56,10 +39,49 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
     raise AssertionError(f"port {port} did not open")
 
 
+def client_tls_env(certificates: Path, brokers: str, registry_url: str) -> dict[str, str]:
+    return {
+        "KAFKA_BROKERS": brokers,
+        "KAFKA_SSL_CA_LOCATION": str(certificates / "ca.pem"),
+        "KAFKA_SSL_CERTIFICATE_LOCATION": str(certificates / "client.pem"),
+        "KAFKA_SSL_KEY_LOCATION": str(certificates / "client.key"),
+        "KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD,
+        "SCHEMA_REGISTRY_URL": registry_url,
+        "SCHEMA_REGISTRY_CA_LOCATION": str(certificates / "ca.pem"),
+    }
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(10)
+
+
 @pytest.fixture
 def tls_env(services: Services, tmp_path: Path) -> Iterator[dict[str, str]]:
     if services.stack is None:
         pytest.skip("external services: this test builds its own TLS front")
+    config = services.stack.config
+    if config.broker == "kafka":
+        assert config.tls_dir is not None, "the session's Kafka has a TLS listener"
+        certificates = config.tls_dir
+        registry_tls = free_port()
+        registry = subprocess.Popen(
+            [sys.executable, "-m", "command_handler.localstack.registry_server", "--port", str(registry_tls),
+             "--database-url", services.stack.database.url(database=config.registry_db),
+             "--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_port(registry_tls)
+            yield {
+                **services.env,
+                **client_tls_env(certificates, config.tls_brokers, f"https://127.0.0.1:{registry_tls}"),
+            }
+        finally:
+            stop(registry)
+        return
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     if stunnel is None:
         pytest.fail("stunnel4 is missing: scripts/setup.sh installs it")
@@ -97,19 +119,10 @@ key = {tmp_path}/server.key
         wait_port(registry_tls)
         yield {
             **services.env,
-            "KAFKA_BROKERS": f"127.0.0.1:{tls}",
-            "KAFKA_SSL_CA_LOCATION": str(tmp_path / "ca.pem"),
-            "KAFKA_SSL_CERTIFICATE_LOCATION": str(tmp_path / "client.pem"),
-            "KAFKA_SSL_KEY_LOCATION": str(tmp_path / "client.key"),
-            "KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD,
-            "SCHEMA_REGISTRY_URL": f"https://127.0.0.1:{registry_tls}",
-            "SCHEMA_REGISTRY_CA_LOCATION": str(tmp_path / "ca.pem"),
+            **client_tls_env(tmp_path, f"127.0.0.1:{tls}", f"https://127.0.0.1:{registry_tls}"),
         }
     finally:
-        tunnel.terminate()
-        broker.terminate()
-        tunnel.wait(10)
-        broker.wait(10)
+        stop(tunnel, broker)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from command_handler.loadtest.latency import COLUMNS, LatencyConfig
 
-from ..conftest import Services, free_port
+from ..conftest import TEST_BROKER, Services, free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,15 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
         "RESULTS_DIR": str(results),
         "LATENCY_STACK_DIR": str(tmp_path / "stack"),
         "LATENCY_BROKER_PORT": str(free_port()),
+        "LATENCY_CONTROLLER_PORT": str(free_port()),
         "LATENCY_REGISTRY_PORT": str(free_port()),
+        "LATENCY_DB_PORT": str(free_port()),
+        "BROKER": TEST_BROKER,
     }
     run = subprocess.run(["scripts/loop.sh", "1", "ci"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "met the criterion" in run.stdout
-    (path,) = results.glob("ci-*.csv")
+    (path,) = results.glob(f"ci-{TEST_BROKER}-*.csv")
     config = LatencyConfig.load("ci")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -71,7 +74,7 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
     for name in ("latency.png", "cpu.png", "memory.png"):
         assert (results / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (results / "report" / "index.html").read_text()
-    assert page.count("<img ") == 3 and "<td>ci</td>" in page
+    assert page.count("<img ") == 3 and f"<td>ci-{TEST_BROKER}</td>" in page
     with open(results / "report" / "summary.csv", newline="") as f:
         summary = list(csv.DictReader(f))
     assert {int(r["load/s"]) for r in summary} == {int(r["load_target"]) for r in rows}
