@@ -214,6 +214,13 @@ class BankClient:
                 raise TimeoutError(f"no answer to {command_id} within {timeout_s}s")
             return self.feedback[command_id][0]
 
+    def wait_answers(self, command_id: uuid.UUID, count: int, timeout_s: float = 30.0) -> list[Answer]:
+        """The first ``count`` answers to ``command_id`` (a replayed command is answered again)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.feedback.get(command_id, [])) >= count, timeout=timeout_s):
+                raise TimeoutError(f"fewer than {count} answers to {command_id} within {timeout_s}s")
+            return list(self.feedback[command_id])
+
     def wait_all(self, command_ids: list[uuid.UUID], timeout_s: float = 60.0) -> dict[uuid.UUID, Answer]:
         with self._lock:
             done = self._lock.wait_for(lambda: all(self.feedback.get(i) for i in command_ids), timeout=timeout_s)
