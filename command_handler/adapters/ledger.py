@@ -1,4 +1,8 @@
-"""The handler's tables in Postgres (balance, cac, cmt, cmt_balance_changed), used inside one transaction.
+"""The ledger on PostgreSQL: the tables balance, cac, cmt and cmt_balance_changed, inside one transaction.
+
+It implements ``service_layer.ports.Ledger``: it stores the domain's outcomes of
+handled commands and loads them back (a ``cac`` row holds the IBAN and token or
+the reason; a ``cmt`` row the reason, its ``cmt_balance_changed`` rows the events).
 
 Every method works on many commands at once (arrays and ``unnest``), so a batch
 costs a fixed number of round trips whatever its size. Locks are always taken
@@ -11,43 +15,43 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from sqlalchemy import Connection, text
 
-from command_handler.domain.model import BalanceChanged
+from command_handler.domain import rules
+from command_handler.domain.model import (
+    AccountCreationConfirmed,
+    AccountCreationFailed,
+    BalanceChanged,
+    ConfirmAccountCreation,
+    MoneyTransferConfirmed,
+    MoneyTransferFailed,
+    Outcome,
+)
 from command_handler.domain.rules import Account
 
 
-@dataclass(frozen=True)
-class StoredCreation:
-    username: str | None
-    iban: str | None
-    token: str | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class StoredTransfer:
-    reason: str | None
-    events: tuple[BalanceChanged, ...]
-
-
-class Ledger:
+class PostgresLedger:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     # -- idempotency claims -----------------------------------------------------
 
-    def claim(self, table: str, ids: Iterable[UUID]) -> set[UUID]:
+    def claim_creations(self, ids: Iterable[UUID]) -> set[UUID]:
+        return self._claim("cac", ids)
+
+    def claim_transfers(self, ids: Iterable[UUID]) -> set[UUID]:
+        return self._claim("cmt", ids)
+
+    def _claim(self, table: Literal["cac", "cmt"], ids: Iterable[UUID]) -> set[UUID]:
         """Insert a row for each id not handled before; return the ids claimed now.
 
         An id that another transaction has claimed but not committed makes this
         wait for that transaction: then it is either handled (not returned) or
         rolled back (claimed here).
         """
-        assert table in ("cac", "cmt")
         ordered = sorted(set(ids))
         if not ordered:
             return set()
@@ -60,17 +64,17 @@ class Ledger:
         )
         return {r[0] for r in rows}
 
-    def stored_creations(self, ids: Iterable[UUID]) -> dict[UUID, StoredCreation]:
+    def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
         ids = list(ids)
         if not ids:
             return {}
         rows = self.conn.execute(
-            text("SELECT uuid, username, iban, token, reason FROM cac WHERE uuid = ANY(CAST(:ids AS uuid[]))"),
+            text("SELECT uuid, iban, token, reason FROM cac WHERE uuid = ANY(CAST(:ids AS uuid[]))"),
             {"ids": ids},
         )
-        return {r[0]: StoredCreation(r[1], r[2], r[3], r[4]) for r in rows}
+        return {r[0]: _creation_outcome(r[0], r[1], r[2], r[3]) for r in rows}
 
-    def stored_transfers(self, ids: Iterable[UUID]) -> dict[UUID, StoredTransfer]:
+    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
         ids = list(ids)
         if not ids:
             return {}
@@ -89,7 +93,7 @@ class Ledger:
             {"ids": ids},
         ):
             events[r[0]].append(BalanceChanged(*r[1:]))
-        return {i: StoredTransfer(reasons.get(i), tuple(events.get(i, ()))) for i in reasons}
+        return {i: _transfer_outcome(i, reason, tuple(events.get(i, ()))) for i, reason in reasons.items()}
 
     # -- balances ---------------------------------------------------------------
 
@@ -131,9 +135,10 @@ class Ledger:
 
     # -- outcomes ---------------------------------------------------------------
 
-    def record_creations(self, rows: Sequence[tuple[UUID, StoredCreation]]) -> None:
-        if not rows:
+    def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
+        if not outcomes:
             return
+        rows = [(command.id, command.username, _creation_columns(outcome)) for command, outcome in outcomes]
         self.conn.execute(
             text(
                 "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "
@@ -142,16 +147,16 @@ class Ledger:
                 "WHERE c.uuid = u.uuid"
             ),
             {
-                "ids": [i for i, _ in rows],
-                "usernames": [s.username for _, s in rows],
-                "ibans": [s.iban for _, s in rows],
-                "tokens": [s.token for _, s in rows],
-                "reasons": [s.reason for _, s in rows],
+                "ids": [i for i, _, _ in rows],
+                "usernames": [username for _, username, _ in rows],
+                "ibans": [columns[0] for _, _, columns in rows],
+                "tokens": [columns[1] for _, _, columns in rows],
+                "reasons": [columns[2] for _, _, columns in rows],
             },
         )
 
-    def record_transfers(self, rows: Sequence[tuple[UUID, StoredTransfer]]) -> None:
-        failed = [(i, s.reason) for i, s in rows if s.reason is not None]
+    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome]]) -> None:
+        failed = [(i, o.reason) for i, o in outcomes if o.reason is not None]
         if failed:
             self.conn.execute(
                 text(
@@ -161,7 +166,7 @@ class Ledger:
                 ),
                 {"ids": [i for i, _ in failed], "reasons": [r for _, r in failed]},
             )
-        events = [(i, seq, e) for i, s in rows for seq, e in enumerate(s.events)]
+        events = [(i, seq, e) for i, o in outcomes for seq, e in enumerate(o.events)]
         if events:
             self.conn.execute(
                 text(
@@ -182,3 +187,23 @@ class Ledger:
                     "descriptions": [e.description for _, _, e in events],
                 },
             )
+
+
+def _creation_columns(outcome: Outcome) -> tuple[str | None, str | None, str | None]:
+    """(iban, token, reason) of a ``cac`` row."""
+    feedback = outcome.feedback
+    if isinstance(feedback, AccountCreationConfirmed):
+        return feedback.iban, feedback.token, None
+    return None, None, outcome.reason
+
+
+def _creation_outcome(command_id: UUID, iban: str | None, token: str | None, reason: str | None) -> Outcome:
+    if reason is not None or iban is None or token is None:
+        return Outcome(AccountCreationFailed(command_id, reason or rules.IBAN_EXISTS))
+    return Outcome(AccountCreationConfirmed(command_id, iban, token))
+
+
+def _transfer_outcome(command_id: UUID, reason: str | None, events: tuple[BalanceChanged, ...]) -> Outcome:
+    if reason is not None:
+        return Outcome(MoneyTransferFailed(command_id, reason))
+    return Outcome(MoneyTransferConfirmed(command_id), events)

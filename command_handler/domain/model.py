@@ -64,7 +64,18 @@ Feedback = AccountCreationConfirmed | AccountCreationFailed | MoneyTransferConfi
 
 @dataclass(frozen=True)
 class Outcome:
-    """Everything one command produces: its answer and the balance changes it caused."""
+    """Everything one command produces: its answer and the balance changes it caused.
+
+    It is also what the ledger stores of a handled command, so that a command
+    id seen again is answered exactly as the first time.
+    """
 
     feedback: Feedback
     events: tuple[BalanceChanged, ...] = ()
+
+    @property
+    def reason(self) -> str | None:
+        """Why the command failed, or None when it was confirmed."""
+        if isinstance(self.feedback, AccountCreationFailed | MoneyTransferFailed):
+            return self.feedback.reason
+        return None

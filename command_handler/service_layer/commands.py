@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from command_handler.adapters.ledger import Ledger, StoredCreation, StoredTransfer
 from command_handler.domain import rules
 from command_handler.domain.iban import new_iban
 from command_handler.domain.model import (
@@ -24,29 +23,16 @@ from command_handler.domain.model import (
     Command,
     ConfirmAccountCreation,
     ConfirmMoneyTransfer,
-    MoneyTransferConfirmed,
-    MoneyTransferFailed,
     Outcome,
 )
 from command_handler.domain.rules import Account
 from command_handler.domain.tokens import new_token
-from command_handler.service_layer.unit_of_work import Conflict, Rejected, UnitOfWork
+from command_handler.errors import Conflict, Rejected
+from command_handler.service_layer.ports import Ledger, UnitOfWork
 
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
-
-
-def creation_outcome(command_id: UUID, stored: StoredCreation) -> Outcome:
-    if stored.reason is not None or stored.iban is None or stored.token is None:
-        return Outcome(AccountCreationFailed(command_id, stored.reason or rules.IBAN_EXISTS))
-    return Outcome(AccountCreationConfirmed(command_id, stored.iban, stored.token))
-
-
-def transfer_outcome(command_id: UUID, stored: StoredTransfer) -> Outcome:
-    if stored.reason is not None:
-        return Outcome(MoneyTransferFailed(command_id, stored.reason))
-    return Outcome(MoneyTransferConfirmed(command_id), stored.events)
 
 
 class CommandService:
@@ -97,40 +83,36 @@ class CommandService:
     def _apply(self, ledger: Ledger, commands: Sequence[Command]) -> list[Outcome]:
         creations = [c for c in commands if isinstance(c, ConfirmAccountCreation)]
         transfers = [c for c in commands if isinstance(c, ConfirmMoneyTransfer)]
-        # Locks in one global order (see Ledger): cac claims, cmt claims, balance rows.
-        new_creations = ledger.claim("cac", (c.id for c in creations))
-        new_transfers = ledger.claim("cmt", (c.id for c in transfers))
-        stored_creations = ledger.stored_creations({c.id for c in creations} - new_creations)
-        stored_transfers = ledger.stored_transfers({c.id for c in transfers} - new_transfers)
+        # Locks in the ledger's global order: creation claims, transfer claims, accounts.
+        new_creations = ledger.claim_creations(c.id for c in creations)
+        new_transfers = ledger.claim_transfers(c.id for c in transfers)
+        known_creations = ledger.creation_outcomes({c.id for c in creations} - new_creations)
+        known_transfers = ledger.transfer_outcomes({c.id for c in transfers} - new_transfers)
         accounts = ledger.lock_accounts(
             iban for t in transfers if t.id in new_transfers for iban in rules.transfer_accounts(t)
         )
 
         changed: dict[str, Account] = {}
-        created: list[tuple[UUID, StoredCreation]] = []
-        transferred: list[tuple[UUID, StoredTransfer]] = []
+        created: list[tuple[ConfirmAccountCreation, Outcome]] = []
+        transferred: list[tuple[UUID, Outcome]] = []
         seen: dict[tuple[type, UUID], Outcome] = {}
         results: list[Outcome] = []
         for command in commands:
             key = (type(command), command.id)
             if key in seen:  # the same id twice in one batch: answer as the first time
-                results.append(seen[key])
-                continue
-            if isinstance(command, ConfirmAccountCreation):
-                if command.id in new_creations:
-                    stored = self._open_account(ledger, command, accounts)
-                    created.append((command.id, stored))
-                else:
-                    stored = stored_creations[command.id]
-                outcome = creation_outcome(command.id, stored)
-            elif command.id in new_transfers:
+                outcome = seen[key]
+            elif isinstance(command, ConfirmAccountCreation) and command.id in new_creations:
+                outcome = self._open_account(ledger, command, accounts)
+                created.append((command, outcome))
+            elif isinstance(command, ConfirmMoneyTransfer) and command.id in new_transfers:
                 outcome = rules.decide_transfer(command, accounts)
                 for event in outcome.events:
                     changed[event.iban] = accounts[event.iban]
-                reason = getattr(outcome.feedback, "reason", None)
-                transferred.append((command.id, StoredTransfer(reason, outcome.events)))
+                transferred.append((command.id, outcome))
+            elif isinstance(command, ConfirmAccountCreation):  # handled before: answered as the first time
+                outcome = known_creations[command.id]
             else:
-                outcome = transfer_outcome(command.id, stored_transfers[command.id])
+                outcome = known_transfers[command.id]
             seen[key] = outcome
             results.append(outcome)
 
@@ -139,16 +121,14 @@ class CommandService:
         ledger.record_transfers(transferred)
         return results
 
-    def _open_account(
-        self, ledger: Ledger, command: ConfirmAccountCreation, accounts: dict[str, Account]
-    ) -> StoredCreation:
+    def _open_account(self, ledger: Ledger, command: ConfirmAccountCreation, accounts: dict[str, Account]) -> Outcome:
         problem = rules.account_creation_problem(command)
         if problem:
-            return StoredCreation(None, None, None, problem)
+            return Outcome(AccountCreationFailed(command.id, problem))
         for _ in range(rules.IBAN_ATTEMPTS):
             account = ledger.open_account(command.username, self.iban_source(), self.token_source())
             if account is not None:
                 accounts[account.iban] = account
-                return StoredCreation(account.username, account.iban, account.token, None)
+                return Outcome(AccountCreationConfirmed(command.id, account.iban, account.token))
         log.warning("account creation %s: %d generated IBANs all existed", command.id, rules.IBAN_ATTEMPTS)
-        return StoredCreation(command.username, None, None, rules.IBAN_EXISTS)
+        return Outcome(AccountCreationFailed(command.id, rules.IBAN_EXISTS))

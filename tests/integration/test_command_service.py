@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from command_handler.adapters import migrations
+from command_handler.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from command_handler.config import Settings
 from command_handler.domain import rules
 from command_handler.domain.iban import BANK_IBAN, new_iban
@@ -21,7 +22,6 @@ from command_handler.domain.model import (
     MoneyTransferFailed,
 )
 from command_handler.service_layer.commands import CommandService
-from command_handler.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 
 pytestmark = pytest.mark.integration
 

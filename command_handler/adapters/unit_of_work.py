@@ -1,7 +1,7 @@
-"""The unit of work: one database transaction, and what its failures mean for the caller.
+"""The unit of work on PostgreSQL: one transaction with a ``PostgresLedger``, and its errors translated.
 
-Database errors are sorted into three kinds, so the service layer and the
-consumer loop can act without knowing SQLAlchemy or psycopg:
+SQLAlchemy's and psycopg's errors become the project's own kinds, so the
+service layer and the consumer loop act without knowing either:
 
 * ``Conflict``: a deadlock or serialization failure; retry the transaction now.
 * ``Unavailable``: the database cannot be reached; retry later, with backoff.
@@ -11,35 +11,19 @@ consumer loop can act without knowing SQLAlchemy or psycopg:
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Protocol
 
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
-from command_handler.adapters.ledger import Ledger
+from command_handler.adapters.ledger import PostgresLedger
+from command_handler.errors import Conflict, InfrastructureError, Rejected, Unavailable
 
 CONFLICT_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 # connection exceptions, insufficient resources, operator intervention (e.g. shutdown), system errors
 UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
-class DatabaseError(Exception):
-    pass
-
-
-class Conflict(DatabaseError):
-    pass
-
-
-class Unavailable(DatabaseError):
-    pass
-
-
-class Rejected(DatabaseError):
-    pass
-
-
-def classify(exc: BaseException) -> DatabaseError | None:
+def classify(exc: BaseException) -> InfrastructureError | None:
     """The kind of a database exception, or None when it is not one."""
     if isinstance(exc, DisconnectionError):
         return Unavailable(str(exc))
@@ -54,22 +38,12 @@ def classify(exc: BaseException) -> DatabaseError | None:
     return Rejected(f"{sqlstate}: {summary}")
 
 
-class UnitOfWork(Protocol):
-    ledger: Ledger
-
-    def __enter__(self) -> UnitOfWork: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
-
-
 class SqlAlchemyUnitOfWork:
     """Commits when the block ends normally, rolls back otherwise."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.ledger: Ledger
+        self.ledger: PostgresLedger
 
     def __enter__(self) -> SqlAlchemyUnitOfWork:
         try:
@@ -80,7 +54,7 @@ class SqlAlchemyUnitOfWork:
             if kind is None:
                 raise
             raise kind from err
-        self.ledger = Ledger(self._conn)
+        self.ledger = PostgresLedger(self._conn)
         return self
 
     def __exit__(

@@ -1,0 +1,104 @@
+"""What the service layer needs from the outside, as Protocols: the ledger and its unit of work, the
+topic administration and the schema registry (``adapters.kafka_admin``, ``adapters.schema_registry``).
+
+``adapters.ledger`` implements them on PostgreSQL; the unit tests implement
+them in memory. Implementations raise the project's own ``Conflict``,
+``Unavailable`` and ``Rejected`` (``command_handler.errors``), never a driver's
+exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from command_handler.domain.model import ConfirmAccountCreation, Outcome
+from command_handler.domain.rules import Account
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Accounts and the stored outcomes of handled commands, inside one transaction.
+
+    Locks are taken in one global order: creation claims, then transfer claims
+    (each by id), then accounts (by IBAN); callers keep to it.
+    """
+
+    def claim_creations(self, ids: Iterable[UUID]) -> set[UUID]:
+        """Claim the account creations not handled before; the ids claimed now (waits for a concurrent claim)."""
+        ...
+
+    def claim_transfers(self, ids: Iterable[UUID]) -> set[UUID]:
+        """Claim the transfers not handled before; the ids claimed now (waits for a concurrent claim)."""
+        ...
+
+    def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
+        """The stored outcomes of account creations handled before."""
+        ...
+
+    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
+        """The stored outcomes of transfers handled before, with their BalanceChanged events."""
+        ...
+
+    def lock_accounts(self, ibans: Iterable[str]) -> dict[str, Account]:
+        """The accounts of these IBANs that exist, locked until the transaction ends."""
+        ...
+
+    def open_account(self, username: str, iban: str, token: str) -> Account | None:
+        """A new account, or None when the IBAN is taken already."""
+        ...
+
+    def set_amounts(self, accounts: Sequence[Account]) -> None:
+        """Store the new amounts of these accounts."""
+        ...
+
+    def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
+        """Store the outcomes of account creations claimed in this transaction."""
+        ...
+
+    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome]]) -> None:
+        """Store the outcomes of transfers claimed in this transaction, with their events."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction: commits when the block ends normally, rolls back otherwise."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class TopicAdmin(Protocol):
+    def broker_count(self) -> int: ...
+
+    def topics(self) -> dict[str, int]:
+        """Topic name -> partition count, internal topics left out."""
+        ...
+
+    def create_topic(self, name: str, partitions: int, replication: int, config: dict[str, str]) -> bool:
+        """Create a topic; False when it existed already."""
+        ...
+
+    def wait_listed(self, names: list[str], timeout_s: float = 30) -> None:
+        """Until the broker's metadata lists every topic of ``names``."""
+        ...
+
+    def delete_topic(self, name: str) -> None: ...
+
+
+class SchemaRegistry(Protocol):
+    def lookup(self, subject: str, schema_str: str) -> int | None:
+        """The id of ``schema_str`` under ``subject``, or None when it is not registered there."""
+        ...
+
+    def register(self, subject: str, schema_str: str) -> int:
+        """Register ``schema_str`` under ``subject``; IncompatibleSchema when refused."""
+        ...
