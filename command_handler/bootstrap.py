@@ -1,27 +1,31 @@
-"""The composition root: builds adapters from settings and hands them to the services."""
+"""The composition root: builds adapters from settings and hands them to the services.
+
+Entrypoints call it; it imports no entrypoint. ``build_handler`` returns the
+wired parts of the command handler, which ``entrypoints.consumer.HandlerLoop``
+runs.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka import Consumer, KafkaError
 from sqlalchemy import Engine
 
 from command_handler.adapters.avro_codec import AvroCodec
 from command_handler.adapters.database import make_engine, wait_for_database
-from command_handler.adapters.health import Health
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.adapters.kafka_producer import ProducerThread
-from command_handler.adapters.schema_registry import make_registry_client, wait_for_registry
+from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.adapters.schema_version import database_revision, expected_head
+from command_handler.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from command_handler.config import Settings
-from command_handler.entrypoints.consumer import HandlerLoop
 from command_handler.errors import OperatorError
 from command_handler.service_layer.commands import CommandService
 from command_handler.service_layer.synchronizer import SyncReport, sync_subjects, sync_topics
-from command_handler.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from command_handler.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
@@ -43,19 +47,17 @@ def synchronize(settings: Settings, prune: bool = False, partitions: int | None 
     return _apply_topology(admin, registry, topology, prune)
 
 
-def _wait_for_kafka_and_registry(settings: Settings) -> tuple[KafkaAdmin, SchemaRegistryClient]:
+def _wait_for_kafka_and_registry(settings: Settings) -> tuple[KafkaAdmin, SchemaRegistry]:
     admin = KafkaAdmin(settings.kafka)
     brokers = admin.wait_ready(settings.startup_timeout_s)
     log.info("kafka at %s answers (%d brokers)", settings.kafka.brokers, brokers)
-    registry = make_registry_client(settings.registry)
-    wait_for_registry(registry, settings.registry.url, settings.startup_timeout_s)
+    registry = SchemaRegistry(settings.registry)
+    registry.wait_ready(settings.startup_timeout_s)
     log.info("schema registry at %s answers", settings.registry.url)
     return admin, registry
 
 
-def _apply_topology(
-    admin: KafkaAdmin, registry: SchemaRegistryClient, topology: Topology, prune: bool = False
-) -> SyncReport:
+def _apply_topology(admin: KafkaAdmin, registry: SchemaRegistry, topology: Topology, prune: bool = False) -> SyncReport:
     report = SyncReport()
     sync_topics(admin, topology, report, prune=prune)
     sync_subjects(registry, topology, report)
@@ -90,7 +92,9 @@ def kafka_producer_conf(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _check_ready(settings: Settings, topology: Topology, admin: KafkaAdmin, codec: AvroCodec, engine: Engine) -> None:
+def _check_ready(
+    settings: Settings, topology: Topology, admin: KafkaAdmin, registry: SchemaRegistry, engine: Engine
+) -> None:
     """Refuse to start, with the fix in the message, when the database or topology is not in place."""
     current, head = database_revision(engine), expected_head()
     if current != head:
@@ -101,14 +105,31 @@ def _check_ready(settings: Settings, topology: Topology, admin: KafkaAdmin, code
     missing_topics = sorted({t.name for t in topology.topics} - set(admin.topics()))
     if missing_topics:
         raise OperatorError(f"topics missing: {', '.join(missing_topics)}: run `command-handler sync` (or run --sync)")
-    missing_subjects = codec.missing_subjects(topology)
+    missing_subjects = registry.missing_subjects({s: r.schema_str for s, r in topology.subjects().items()})
     if missing_subjects:
         raise OperatorError(
             f"schema subjects not registered: {', '.join(missing_subjects)}: run `command-handler sync` (or run --sync)"
         )
 
 
-def build_handler(settings: Settings, sync_first: bool = False, health: Health | None = None) -> HandlerLoop:
+MakeProducer = Callable[[Callable[[Hashable], None], Callable[[Hashable, KafkaError], None]], ProducerThread]
+
+
+@dataclass(frozen=True)
+class HandlerParts:
+    """Everything the consumer loop runs with, wired and checked."""
+
+    consumer: Consumer
+    make_producer: MakeProducer  # (on delivered, on failed) -> the producer thread
+    codec: AvroCodec
+    service: CommandService
+    command_topic: str
+    dead_letter_topic: str
+    batch_size: int
+    stats_interval_s: float
+
+
+def build_handler(settings: Settings, sync_first: bool = False) -> HandlerParts:
     """Wait for every service (bounded), check the database and topology, and wire the handler."""
     topology = topology_for(settings)
     admin, registry = _wait_for_kafka_and_registry(settings)
@@ -118,19 +139,15 @@ def build_handler(settings: Settings, sync_first: bool = False, health: Health |
     if sync_first:
         for line in _apply_topology(admin, registry, topology).lines():
             log.info("sync: %s", line)
-    codec = AvroCodec(registry, topology, settings.topics)
-    _check_ready(settings, topology, admin, codec, engine)
-    service = CommandService(lambda: SqlAlchemyUnitOfWork(engine))
-    consumer = Consumer(kafka_consumer_conf(settings), logger=logging.getLogger("librdkafka.consumer"))
+    _check_ready(settings, topology, admin, registry, engine)
     producer_conf = kafka_producer_conf(settings)
-    return HandlerLoop(
-        consumer=consumer,
+    return HandlerParts(
+        consumer=Consumer(kafka_consumer_conf(settings), logger=logging.getLogger("librdkafka.consumer")),
         make_producer=lambda delivered, failed: ProducerThread(producer_conf, delivered, failed),
-        codec=codec,
-        service=service,
+        codec=AvroCodec(registry.client, topology, settings.topics),
+        service=CommandService(lambda: SqlAlchemyUnitOfWork(engine)),
         command_topic=settings.topics.commands,
         dead_letter_topic=settings.topics.dead_letter,
         batch_size=settings.batch_size,
-        health=health or Health(),
         stats_interval_s=settings.stats_interval_s,
     )

@@ -20,7 +20,6 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from command_handler.adapters.schema_registry import registered_id
 from command_handler.config import Topics
 from command_handler.domain.model import (
     AccountCreationConfirmed,
@@ -33,6 +32,7 @@ from command_handler.domain.model import (
     MoneyTransferFailed,
     Outcome,
 )
+from command_handler.errors import Unavailable
 from command_handler.topology import Topology
 
 MAGIC_BYTE = 0
@@ -44,7 +44,7 @@ class PoisonMessage(Exception):
     """A message that can never become a command; it is set aside (dead-letter topic)."""
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(Unavailable):
     """The Schema Registry did not answer; try again later."""
 
 
@@ -92,7 +92,6 @@ def _to_record(value: Any) -> dict[str, Any]:
 class AvroCodec:
     def __init__(self, client: SchemaRegistryClient, topology: Topology, topics: Topics) -> None:
         self.client = client
-        self.topics = topics
         self.command_topic = topics.commands
         strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
         records = topology.records
@@ -174,7 +173,3 @@ class AvroCodec:
         messages = [self._message(outcome.feedback, command_key)]
         messages += [self._message(event, event.username.encode()) for event in outcome.events]
         return messages
-
-    def missing_subjects(self, topology: Topology) -> list[str]:
-        """Subjects of the topology that are not registered: the handler cannot serialize without them."""
-        return [s for s, r in topology.subjects().items() if registered_id(self.client, s, r.schema_str) is None]

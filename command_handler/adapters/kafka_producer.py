@@ -38,7 +38,6 @@ class ProducerThread(threading.Thread):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._on_delivered = on_delivered
         self._on_failed = on_failed
-        self.produced = 0
         self._finished = threading.Event()
 
     def send(self, messages: list[OutMessage], token: Hashable) -> None:
@@ -87,7 +86,6 @@ class ProducerThread(threading.Thread):
                         failed[0] = True
                         self._on_failed(token, err.args[0])
                     return
-            self.produced += 1
 
     def run(self) -> None:
         try:

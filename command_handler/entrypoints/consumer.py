@@ -18,20 +18,19 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from command_handler.adapters.avro_codec import AvroCodec, OutMessage, PoisonMessage, RegistryUnavailable
+from command_handler.adapters.avro_codec import PoisonMessage
+from command_handler.adapters.dead_letters import dead_letter
 from command_handler.adapters.health import Health
-from command_handler.adapters.kafka_producer import ProducerThread
 from command_handler.adapters.offsets import OffsetTracker, TopicPartitionKey
+from command_handler.bootstrap import HandlerParts
 from command_handler.domain.model import Command, Outcome
-from command_handler.service_layer.commands import CommandService
-from command_handler.service_layer.unit_of_work import Conflict, Rejected, Unavailable
+from command_handler.errors import Conflict, Rejected, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 REVOKE_WAIT_S = 20.0
 SHUTDOWN_WAIT_S = 10.0
-MAX_DEAD_LETTER_VALUE = 900_000  # below the producer's default message.max.bytes (1 MB), headers included
 
 
 class Stats:
@@ -59,29 +58,18 @@ class Stats:
 
 
 class HandlerLoop:
-    def __init__(
-        self,
-        consumer: Consumer,
-        make_producer: Callable[[Callable[[Hashable], None], Callable[[Hashable, KafkaError], None]], ProducerThread],
-        codec: AvroCodec,
-        service: CommandService,
-        command_topic: str,
-        dead_letter_topic: str,
-        batch_size: int,
-        health: Health,
-        stats_interval_s: float = 30.0,
-    ) -> None:
-        self.consumer = consumer
+    def __init__(self, parts: HandlerParts, health: Health) -> None:
+        self.consumer = parts.consumer
         self.tracker = OffsetTracker()
-        self.producer = make_producer(self._delivered, self._delivery_failed)
-        self.codec = codec
-        self.service = service
-        self.command_topic = command_topic
-        self.dead_letter_topic = dead_letter_topic
-        self.batch_size = batch_size
+        self.producer = parts.make_producer(self._delivered, self._delivery_failed)
+        self.codec = parts.codec
+        self.service = parts.service
+        self.command_topic = parts.command_topic
+        self.dead_letter_topic = parts.dead_letter_topic
+        self.batch_size = parts.batch_size
         self.health = health
         self.stats = Stats()
-        self.stats_interval_s = stats_interval_s
+        self.stats_interval_s = parts.stats_interval_s
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._closing = False
@@ -212,22 +200,7 @@ class HandlerLoop:
         self.stats.dead_lettered += 1
         (topic, partition), offset = origin(msg)
         log.error("set aside %s/%d@%d to %s: %s", topic, partition, offset, self.dead_letter_topic, reason)
-        original = msg.headers() or []
-        headers: list[tuple[str, str | bytes | None]] = list(
-            original.items() if isinstance(original, dict) else original
-        )
-        headers += [
-            ("dlq.error", reason.encode()),
-            ("dlq.topic", topic.encode()),
-            ("dlq.partition", str(partition).encode()),
-            ("dlq.offset", str(offset).encode()),
-        ]
-        value = msg.value()
-        if value is not None and len(value) > MAX_DEAD_LETTER_VALUE:
-            headers.append(("dlq.value-omitted", f"{len(value)} bytes, over {MAX_DEAD_LETTER_VALUE}".encode()))
-            value = None
-        out = OutMessage(self.dead_letter_topic, msg.key(), value, headers)
-        self.producer.send([out], origin(msg))
+        self.producer.send([dead_letter(self.dead_letter_topic, msg, reason)], origin(msg))
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
         """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping."""
@@ -235,7 +208,7 @@ class HandlerLoop:
         while True:
             try:
                 return attempt()
-            except (RegistryUnavailable, Unavailable, Conflict) as err:
+            except (Unavailable, Conflict) as err:
                 self.health.reason = f"{what}: waiting for {type(err).__name__}"
                 log.warning("%s: %s; retrying in %.1fs", what, err, delay)
                 if self.stopping.wait(delay):

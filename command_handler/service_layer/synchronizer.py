@@ -9,12 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-from command_handler.adapters.kafka_admin import KafkaAdmin
-from command_handler.adapters.schema_registry import registered_id
-from command_handler.errors import OperatorError
+from command_handler.errors import IncompatibleSchema, OperatorError
+from command_handler.service_layer.ports import SchemaRegistry, TopicAdmin
 from command_handler.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -47,7 +43,7 @@ class SyncReport:
         return out
 
 
-def sync_topics(admin: KafkaAdmin, topology: Topology, report: SyncReport, prune: bool = False) -> None:
+def sync_topics(admin: TopicAdmin, topology: Topology, report: SyncReport, prune: bool = False) -> None:
     brokers = admin.broker_count()
     existing = admin.topics()
     for topic in topology.topics:
@@ -72,18 +68,16 @@ def sync_topics(admin: KafkaAdmin, topology: Topology, report: SyncReport, prune
             report.topics_deleted.append(name)
 
 
-def sync_subjects(client: SchemaRegistryClient, topology: Topology, report: SyncReport) -> None:
+def sync_subjects(registry: SchemaRegistry, topology: Topology, report: SyncReport) -> None:
     for subject, record in topology.subjects().items():
-        present = registered_id(client, subject, record.schema_str)
+        present = registry.lookup(subject, record.schema_str)
         if present is not None:
             report.subjects_present[subject] = present
             continue
         try:
-            report.subjects_registered[subject] = client.register_schema(subject, Schema(record.schema_str, "AVRO"))
-        except SchemaRegistryError as err:
-            if err.http_status_code == 409:
-                raise SyncError(
-                    f"subject {subject}: the schema of {record.full_name} is incompatible with the one "
-                    f"already registered: {err.error_message}"
-                ) from err
-            raise
+            report.subjects_registered[subject] = registry.register(subject, record.schema_str)
+        except IncompatibleSchema as err:
+            raise SyncError(
+                f"subject {subject}: the schema of {record.full_name} is incompatible with the one "
+                f"already registered: {err}"
+            ) from err
