@@ -1,20 +1,24 @@
 """Configuration from environment variables.
 
 Names and defaults follow the open-bank reference handlers where they exist
-(``KAFKA_BROKERS``, ``SCHEMA_REGISTRY_URL``, ``KAFKA_*_TOPIC``, ``DB_*``), so
-the defaults reach the local stack started by ``command-handler stack up``.
-Every variable is declared once in ``VARIABLES``; ``--help`` prints that table
-and ``load_settings`` validates all of them, reporting every problem at once.
+(``KAFKA_BROKERS``, ``SCHEMA_REGISTRY_URL``, ``KAFKA_*_TOPIC``, ``DB_*``).
+Each variable is declared once: on the settings field it fills (``setting``),
+with its default, meaning and how it is read; a topic's variable is declared
+with the topic in ``schemas/topology.json``. ``--help`` prints the table of all
+of them and ``load_settings`` validates all of them, reporting every problem at
+once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
+
+from command_handler.topology import topic_specs
 
 
 class ConfigError(ValueError):
@@ -24,124 +28,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Var:
     name: str
-    default: str | None
+    default: str
     help: str
+    read: Callable[[_Reader, Var], Any]
     secret: bool = False
     group: str = "general"
-
-
-VARIABLES: tuple[Var, ...] = (
-    # Kafka
-    Var("KAFKA_BROKERS", "localhost:9092", "bootstrap servers, comma separated", group="kafka"),
-    Var("KAFKA_CLIENT_ID", "command-handler", "client id of the consumer and producer", group="kafka"),
-    Var("KAFKA_GROUP_ID", "command-handler", "consumer group of the handler", group="kafka"),
-    Var("KAFKA_COMMAND_TOPIC", "commands", "topic the commands arrive on", group="kafka"),
-    Var("KAFKA_ACF_TOPIC", "account_creation_feedback", "answers to ConfirmAccountCreation", group="kafka"),
-    Var("KAFKA_MTF_TOPIC", "money_transfer_feedback", "answers to ConfirmMoneyTransfer", group="kafka"),
-    Var("KAFKA_BC_TOPIC", "balance_changed", "BalanceChanged events", group="kafka"),
-    Var(
-        "KAFKA_DLQ_TOPIC",
-        "commands.dlq",
-        "dead-letter topic for commands that cannot be decoded",
-        group="kafka",
-    ),
-    Var("KAFKA_LINGER_MS", "5", "producer linger.ms (the reference used 100)", group="kafka"),
-    Var(
-        "KAFKA_SESSION_TIMEOUT_MS",
-        "45000",
-        "consumer session.timeout.ms (the local Tansu broker joins in about half of it: use 6000 there)",
-        group="kafka",
-    ),
-    Var(
-        "KAFKA_FETCH_WAIT_MAX_MS",
-        "500",
-        "consumer fetch.wait.max.ms (Tansu answers a fetch only after it: use 10 there)",
-        group="kafka",
-    ),
-    Var(
-        "KAFKA_SECURITY_PROTOCOL",
-        "",
-        "PLAINTEXT or SSL; SSL is implied by KAFKA_SSL_CA_LOCATION",
-        group="kafka",
-    ),
-    Var("KAFKA_SSL_CA_LOCATION", "", "PEM file of the CA that signed the brokers' certificates", group="kafka"),
-    Var("KAFKA_SSL_CERTIFICATE_LOCATION", "", "PEM client certificate (mutual TLS)", group="kafka"),
-    Var("KAFKA_SSL_KEY_LOCATION", "", "PEM client key (mutual TLS)", group="kafka"),
-    Var("KAFKA_SSL_KEY_PASSWORD", "", "password of the client key", secret=True, group="kafka"),
-    Var(
-        "KAFKA_CONSUMER_EXTRA",
-        "",
-        "extra librdkafka consumer settings, 'key=value;key=value'",
-        group="kafka",
-    ),
-    Var(
-        "KAFKA_PRODUCER_EXTRA",
-        "",
-        "extra librdkafka producer settings, 'key=value;key=value'",
-        group="kafka",
-    ),
-    # Schema Registry
-    Var(
-        "SCHEMA_REGISTRY_URL",
-        "http://localhost:8081",
-        "Schema Registry URL (http or https)",
-        group="registry",
-    ),
-    Var(
-        "SCHEMA_REGISTRY_BASIC_AUTH",
-        "",
-        "basic auth for the registry, 'user:password'",
-        secret=True,
-        group="registry",
-    ),
-    Var("SCHEMA_REGISTRY_CA_LOCATION", "", "PEM CA file to verify an https registry", group="registry"),
-    # Postgres
-    Var("DB_HOSTNAME", "localhost", "Postgres host", group="database"),
-    Var("DB_PORT", "5432", "Postgres port", group="database"),
-    Var("DB_NAME", "balancedb", "database of the balances", group="database"),
-    Var("DB_USER", "clojure_ch", "database role of the handler", group="database"),
-    Var("DB_PASSWORD", "kafka-graphql-pw", "password of DB_USER", secret=True, group="database"),
-    Var(
-        "DB_SSLMODE",
-        "prefer",
-        "libpq sslmode (disable, prefer, require, verify-ca, verify-full)",
-        group="database",
-    ),
-    Var("DB_SSLROOTCERT", "", "PEM root certificate for verify-ca / verify-full", group="database"),
-    Var(
-        "DB_ADMIN_URL",
-        "postgresql://postgres@127.0.0.1:5432/postgres",
-        "superuser URL used only by 'migrate --create-db' and the local stack",
-        secret=True,
-        group="database",
-    ),
-    # General
-    Var("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    Var("HANDLER_BATCH_SIZE", "500", "most commands handled in one database transaction", group="handler"),
-    Var(
-        "HEALTH_PORT",
-        "0",
-        "port of the HTTP health endpoint (/health/live, /health/ready); 0 turns it off",
-        group="handler",
-    ),
-    Var("STATS_INTERVAL_S", "30", "seconds between two statistics log lines; 0 turns them off", group="handler"),
-    Var("STARTUP_TIMEOUT_S", "60", "how long to wait for the broker, registry and database at start"),
-)
-
-_BY_NAME = {v.name: v for v in VARIABLES}
-_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def describe_variables(groups: tuple[str, ...] | None = None) -> str:
-    """The table printed by ``--help``: name, default and meaning of each variable."""
-    lines = []
-    for var in VARIABLES:
-        if groups is not None and var.group not in groups:
-            continue
-        default = "(secret)" if var.secret and var.default else (var.default or "(empty)")
-        lines.append(f"  {var.name:<32} {var.help} [default: {default}]")
-    return "\n".join(lines)
 
 
 class _Reader:
@@ -151,54 +42,171 @@ class _Reader:
         self.env = env
         self.errors: list[str] = []
 
-    def text(self, name: str) -> str:
-        default = _BY_NAME[name].default or ""
-        return self.env.get(name, default).strip()
+    def raw(self, var: Var) -> str:
+        return self.env.get(var.name, var.default).strip()
 
-    def number(self, name: str, low: int, high: int) -> int:
-        raw = self.text(name)
+
+def _text(read: _Reader, var: Var) -> str:
+    return read.raw(var)
+
+
+def _nonempty(read: _Reader, var: Var) -> str:
+    value = read.raw(var)
+    if not value:
+        read.errors.append(f"{var.name} must not be empty")
+    return value
+
+
+def _number(low: int, high: int) -> Callable[[_Reader, Var], int]:
+    def number(read: _Reader, var: Var) -> int:
+        raw = read.raw(var)
         try:
             value = int(raw)
         except ValueError:
-            self.errors.append(f"{name}={raw!r} is not a whole number")
+            read.errors.append(f"{var.name}={raw!r} is not a whole number")
             return low
         if not low <= value <= high:
-            self.errors.append(f"{name}={value} is out of range {low}..{high}")
+            read.errors.append(f"{var.name}={value} is out of range {low}..{high}")
         return value
 
-    def choice(self, name: str, choices: tuple[str, ...], upper: bool = False) -> str:
-        raw = self.text(name)
+    return number
+
+
+def _choice(*choices: str, upper: bool = False) -> Callable[[_Reader, Var], str]:
+    def choice(read: _Reader, var: Var) -> str:
+        raw = read.raw(var)
         value = raw.upper() if upper else raw.lower()
         if value not in choices:
-            self.errors.append(f"{name}={raw!r} must be one of {', '.join(choices)}")
+            read.errors.append(f"{var.name}={raw!r} must be one of {', '.join(choices)}")
         return value
 
-    def file(self, name: str) -> str:
-        path = self.text(name)
-        if path and not Path(path).is_file():
-            self.errors.append(f"{name}={path!r}: no such file")
-        return path
+    return choice
 
-    def nonempty(self, name: str) -> str:
-        value = self.text(name)
-        if not value:
-            self.errors.append(f"{name} must not be empty")
-        return value
 
-    def pairs(self, name: str) -> dict[str, str]:
-        raw = self.text(name)
-        result: dict[str, str] = {}
-        for part in filter(None, (p.strip() for p in raw.split(";"))):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip():
-                self.errors.append(f"{name}: {part!r} is not 'key=value'")
-                continue
-            result[key.strip()] = value.strip()
-        return result
+def _file(read: _Reader, var: Var) -> str:
+    path = read.raw(var)
+    if path and not Path(path).is_file():
+        read.errors.append(f"{var.name}={path!r}: no such file")
+    return path
+
+
+def _pairs(read: _Reader, var: Var) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in read.raw(var).split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            read.errors.append(f"{var.name}: {part!r} is not 'key=value'")
+            continue
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _url(read: _Reader, var: Var) -> str:
+    value = _nonempty(read, var)
+    parsed = urlparse(value.split(",")[0])
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        read.errors.append(f"{var.name}={value!r} must be an http:// or https:// URL")
+    return value
+
+
+def _user_password(read: _Reader, var: Var) -> str:
+    value = read.raw(var)
+    if value and ":" not in value:
+        read.errors.append(f"{var.name} must be 'user:password'")
+    return value
+
+
+def setting(
+    name: str,
+    default: str,
+    help: str,
+    read: Callable[[_Reader, Var], Any] = _text,
+    group: str = "general",
+    secret: bool = False,
+) -> Any:
+    """A settings field filled from the environment variable ``name``."""
+    return field(repr=not secret, metadata={"var": Var(name, default, help, read, secret, group)})
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    brokers: str = setting("KAFKA_BROKERS", "localhost:9092", "bootstrap servers, comma separated", _nonempty, "kafka")
+    client_id: str = setting(
+        "KAFKA_CLIENT_ID", "command-handler", "client id of the consumer and producer", _nonempty, "kafka"
+    )
+    group_id: str = setting("KAFKA_GROUP_ID", "command-handler", "consumer group of the handler", _nonempty, "kafka")
+    linger_ms: int = setting(
+        "KAFKA_LINGER_MS", "5", "producer linger.ms (the reference used 100)", _number(0, 60_000), "kafka"
+    )
+    session_timeout_ms: int = setting(
+        "KAFKA_SESSION_TIMEOUT_MS",
+        "45000",
+        "consumer session.timeout.ms (the local Tansu broker joins in about half of it: use 6000 there)",
+        _number(1_000, 3_600_000),
+        "kafka",
+    )
+    fetch_wait_max_ms: int = setting(
+        "KAFKA_FETCH_WAIT_MAX_MS",
+        "500",
+        "consumer fetch.wait.max.ms (Tansu answers a fetch only after it: use 10 there)",
+        _number(0, 300_000),
+        "kafka",
+    )
+    security_protocol: str = setting(
+        "KAFKA_SECURITY_PROTOCOL", "", "PLAINTEXT or SSL; SSL is implied by KAFKA_SSL_CA_LOCATION", group="kafka"
+    )
+    ssl_ca_location: str = setting(
+        "KAFKA_SSL_CA_LOCATION", "", "PEM file of the CA that signed the brokers' certificates", _file, "kafka"
+    )
+    ssl_certificate_location: str = setting(
+        "KAFKA_SSL_CERTIFICATE_LOCATION", "", "PEM client certificate (mutual TLS)", _file, "kafka"
+    )
+    ssl_key_location: str = setting("KAFKA_SSL_KEY_LOCATION", "", "PEM client key (mutual TLS)", _file, "kafka")
+    ssl_key_password: str = setting(
+        "KAFKA_SSL_KEY_PASSWORD", "", "password of the client key", group="kafka", secret=True
+    )
+    consumer_extra: dict[str, str] = setting(
+        "KAFKA_CONSUMER_EXTRA", "", "extra librdkafka consumer settings, 'key=value;key=value'", _pairs, "kafka"
+    )
+    producer_extra: dict[str, str] = setting(
+        "KAFKA_PRODUCER_EXTRA", "", "extra librdkafka producer settings, 'key=value;key=value'", _pairs, "kafka"
+    )
+
+    @property
+    def protocol(self) -> str:
+        explicit = self.security_protocol.upper()
+        return explicit or ("SSL" if self.ssl_ca_location or self.ssl_certificate_location else "PLAINTEXT")
+
+    @property
+    def security(self) -> dict[str, str]:
+        """The librdkafka settings of the connection's security."""
+        conf = {"security.protocol": self.protocol.lower()}
+        for option, value in (
+            ("ssl.ca.location", self.ssl_ca_location),
+            ("ssl.certificate.location", self.ssl_certificate_location),
+            ("ssl.key.location", self.ssl_key_location),
+            ("ssl.key.password", self.ssl_key_password),
+        ):
+            if value:
+                conf[option] = value
+        return conf
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.protocol not in ("PLAINTEXT", "SSL"):
+            found.append(f"KAFKA_SECURITY_PROTOCOL={self.security_protocol!r} must be PLAINTEXT or SSL")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            found.append("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together")
+        return found
+
+    def common(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.brokers, "client.id": self.client_id, **self.security}
 
 
 @dataclass(frozen=True)
 class Topics:
+    """The topic names, by role; each role's variable, default and meaning are in ``schemas/topology.json``."""
+
     commands: str
     account_creation_feedback: str
     money_transfer_feedback: str
@@ -206,36 +214,30 @@ class Topics:
     dead_letter: str
 
     def by_env(self) -> dict[str, str]:
-        return {
-            "KAFKA_COMMAND_TOPIC": self.commands,
-            "KAFKA_ACF_TOPIC": self.account_creation_feedback,
-            "KAFKA_MTF_TOPIC": self.money_transfer_feedback,
-            "KAFKA_BC_TOPIC": self.balance_changed,
-            "KAFKA_DLQ_TOPIC": self.dead_letter,
-        }
+        """Variable name -> topic name, as ``load_topology`` takes them."""
+        return {spec.env: getattr(self, spec.role) for spec in topic_specs()}
 
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    brokers: str
-    client_id: str
-    group_id: str
-    linger_ms: int
-    session_timeout_ms: int
-    fetch_wait_max_ms: int
-    security: dict[str, str] = field(repr=False)
-    consumer_extra: dict[str, str] = field(repr=False)
-    producer_extra: dict[str, str] = field(repr=False)
-
-    def common(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.brokers, "client.id": self.client_id, **self.security}
+    def problems(self) -> list[str]:
+        names = list(self.by_env().values())
+        return [] if len(set(names)) == len(names) else [f"topic names must differ, got {names}"]
 
 
 @dataclass(frozen=True)
 class RegistrySettings:
-    url: str
-    basic_auth: str = field(repr=False)
-    ca_location: str
+    url: str = setting(
+        "SCHEMA_REGISTRY_URL", "http://localhost:8081", "Schema Registry URL (http or https)", _url, "registry"
+    )
+    basic_auth: str = setting(
+        "SCHEMA_REGISTRY_BASIC_AUTH",
+        "",
+        "basic auth for the registry, 'user:password'",
+        _user_password,
+        "registry",
+        secret=True,
+    )
+    ca_location: str = setting(
+        "SCHEMA_REGISTRY_CA_LOCATION", "", "PEM CA file to verify an https registry", _file, "registry"
+    )
 
     def client_conf(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"url": self.url}
@@ -246,25 +248,42 @@ class RegistrySettings:
         return conf
 
 
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
-    host: str
-    port: int
-    name: str
-    user: str
-    password: str = field(repr=False)
-    sslmode: str
-    sslrootcert: str
-    admin_url: str = field(repr=False)
+    host: str = setting("DB_HOSTNAME", "localhost", "Postgres host", _nonempty, "database")
+    port: int = setting("DB_PORT", "5432", "Postgres port", _number(1, 65535), "database")
+    name: str = setting("DB_NAME", "balancedb", "database of the balances", _nonempty, "database")
+    user: str = setting("DB_USER", "clojure_ch", "database role of the handler", _nonempty, "database")
+    password: str = setting("DB_PASSWORD", "kafka-graphql-pw", "password of DB_USER", group="database", secret=True)
+    sslmode: str = setting(
+        "DB_SSLMODE",
+        "prefer",
+        "libpq sslmode (disable, prefer, require, verify-ca, verify-full)",
+        _choice(*_SSL_MODES),
+        "database",
+    )
+    sslrootcert: str = setting(
+        "DB_SSLROOTCERT", "", "PEM root certificate for verify-ca / verify-full", _file, "database"
+    )
+    admin_url: str = setting(
+        "DB_ADMIN_URL",
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "superuser URL used only by 'migrate --create-db' and the local stack",
+        group="database",
+        secret=True,
+    )
 
-    def url(self, driver: str = "postgresql+psycopg", database: str | None = None) -> str:
+    def url(self, database: str | None = None) -> str:
         auth = quote(self.user, safe="")
         if self.password:
             auth += ":" + quote(self.password, safe="")
         query = f"sslmode={self.sslmode}"
         if self.sslrootcert:
             query += f"&sslrootcert={quote(self.sslrootcert)}"
-        return f"{driver}://{auth}@{self.host}:{self.port}/{database or self.name}?{query}"
+        return f"postgresql+psycopg://{auth}@{self.host}:{self.port}/{database or self.name}?{query}"
 
     def display(self) -> str:
         """Where the database is, for log lines: never the password."""
@@ -277,90 +296,76 @@ class Settings:
     topics: Topics
     registry: RegistrySettings
     database: DatabaseSettings
-    log_level: str
-    startup_timeout_s: int
-    batch_size: int
-    health_port: int
-    stats_interval_s: int
+    log_level: str = setting(
+        "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)
+    )
+    startup_timeout_s: int = setting(
+        "STARTUP_TIMEOUT_S", "60", "how long to wait for the broker, registry and database at start", _number(1, 3600)
+    )
+    batch_size: int = setting(
+        "HANDLER_BATCH_SIZE", "500", "most commands handled in one database transaction", _number(1, 10_000), "handler"
+    )
+    health_port: int = setting(
+        "HEALTH_PORT",
+        "0",
+        "port of the HTTP health endpoint (/health/live, /health/ready); 0 turns it off",
+        _number(0, 65535),
+        "handler",
+    )
+    stats_interval_s: int = setting(
+        "STATS_INTERVAL_S",
+        "30",
+        "seconds between two statistics log lines; 0 turns them off",
+        _number(0, 86_400),
+        "handler",
+    )
 
 
-def _kafka_security(read: _Reader) -> dict[str, str]:
-    ca = read.file("KAFKA_SSL_CA_LOCATION")
-    cert = read.file("KAFKA_SSL_CERTIFICATE_LOCATION")
-    key = read.file("KAFKA_SSL_KEY_LOCATION")
-    key_password = read.text("KAFKA_SSL_KEY_PASSWORD")
-    protocol = read.text("KAFKA_SECURITY_PROTOCOL").upper() or ("SSL" if ca or cert else "PLAINTEXT")
-    if protocol not in ("PLAINTEXT", "SSL"):
-        read.errors.append(f"KAFKA_SECURITY_PROTOCOL={protocol!r} must be PLAINTEXT or SSL")
-    if bool(cert) != bool(key):
-        read.errors.append("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together")
-    conf = {"security.protocol": protocol.lower()}
-    for option, value in (
-        ("ssl.ca.location", ca),
-        ("ssl.certificate.location", cert),
-        ("ssl.key.location", key),
-        ("ssl.key.password", key_password),
-    ):
-        if value:
-            conf[option] = value
-    return conf
+def _declared(cls: type) -> list[tuple[str, Var]]:
+    return [(f.name, f.metadata["var"]) for f in fields(cls) if "var" in f.metadata]
+
+
+def _topic_variables() -> list[tuple[str, Var]]:
+    return [(spec.role, Var(spec.env, spec.name, spec.about, _nonempty, group="kafka")) for spec in topic_specs()]
+
+
+def variables() -> list[Var]:
+    """Every variable, in the order of ``--help``."""
+    found = [var for _, var in _declared(KafkaSettings)]
+    found[3:3] = [var for _, var in _topic_variables()]  # topics after brokers, client and group id
+    for cls in (RegistrySettings, DatabaseSettings, Settings):
+        found += [var for _, var in _declared(cls)]
+    return found
+
+
+def describe_variables(groups: tuple[str, ...] | None = None) -> str:
+    """The table printed by ``--help``: name, default and meaning of each variable."""
+    lines = []
+    for var in variables():
+        if groups is not None and var.group not in groups:
+            continue
+        default = "(secret)" if var.secret and var.default else (var.default or "(empty)")
+        lines.append(f"  {var.name:<32} {var.help} [default: {default}]")
+    return "\n".join(lines)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every variable; raise ConfigError listing all problems."""
     read = _Reader(os.environ if env is None else env)
-    topics = Topics(
-        commands=read.nonempty("KAFKA_COMMAND_TOPIC"),
-        account_creation_feedback=read.nonempty("KAFKA_ACF_TOPIC"),
-        money_transfer_feedback=read.nonempty("KAFKA_MTF_TOPIC"),
-        balance_changed=read.nonempty("KAFKA_BC_TOPIC"),
-        dead_letter=read.nonempty("KAFKA_DLQ_TOPIC"),
-    )
-    names = list(topics.by_env().values())
-    if len(set(names)) != len(names):
-        read.errors.append(f"topic names must differ, got {names}")
-    kafka = KafkaSettings(
-        brokers=read.nonempty("KAFKA_BROKERS"),
-        client_id=read.nonempty("KAFKA_CLIENT_ID"),
-        group_id=read.nonempty("KAFKA_GROUP_ID"),
-        linger_ms=read.number("KAFKA_LINGER_MS", 0, 60_000),
-        session_timeout_ms=read.number("KAFKA_SESSION_TIMEOUT_MS", 1_000, 3_600_000),
-        fetch_wait_max_ms=read.number("KAFKA_FETCH_WAIT_MAX_MS", 0, 300_000),
-        security=_kafka_security(read),
-        consumer_extra=read.pairs("KAFKA_CONSUMER_EXTRA"),
-        producer_extra=read.pairs("KAFKA_PRODUCER_EXTRA"),
-    )
-    registry_url = read.nonempty("SCHEMA_REGISTRY_URL")
-    parsed = urlparse(registry_url.split(",")[0])
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        read.errors.append(f"SCHEMA_REGISTRY_URL={registry_url!r} must be an http:// or https:// URL")
-    basic_auth = read.text("SCHEMA_REGISTRY_BASIC_AUTH")
-    if basic_auth and ":" not in basic_auth:
-        read.errors.append("SCHEMA_REGISTRY_BASIC_AUTH must be 'user:password'")
-    registry = RegistrySettings(
-        url=registry_url, basic_auth=basic_auth, ca_location=read.file("SCHEMA_REGISTRY_CA_LOCATION")
-    )
-    database = DatabaseSettings(
-        host=read.nonempty("DB_HOSTNAME"),
-        port=read.number("DB_PORT", 1, 65535),
-        name=read.nonempty("DB_NAME"),
-        user=read.nonempty("DB_USER"),
-        password=read.text("DB_PASSWORD"),
-        sslmode=read.choice("DB_SSLMODE", _SSL_MODES),
-        sslrootcert=read.file("DB_SSLROOTCERT"),
-        admin_url=read.text("DB_ADMIN_URL"),
-    )
+
+    def values(declared: list[tuple[str, Var]]) -> dict[str, Any]:
+        return {name: var.read(read, var) for name, var in declared}
+
+    kafka = KafkaSettings(**values(_declared(KafkaSettings)))
+    topics = Topics(**values(_topic_variables()))
     settings = Settings(
         kafka=kafka,
         topics=topics,
-        registry=registry,
-        database=database,
-        log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, upper=True),
-        startup_timeout_s=read.number("STARTUP_TIMEOUT_S", 1, 3600),
-        batch_size=read.number("HANDLER_BATCH_SIZE", 1, 10_000),
-        health_port=read.number("HEALTH_PORT", 0, 65535),
-        stats_interval_s=read.number("STATS_INTERVAL_S", 0, 86_400),
+        registry=RegistrySettings(**values(_declared(RegistrySettings))),
+        database=DatabaseSettings(**values(_declared(DatabaseSettings))),
+        **values(_declared(Settings)),
     )
+    read.errors += kafka.problems() + topics.problems()
     if read.errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(read.errors))
     return settings

@@ -11,10 +11,24 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = PROJECT_ROOT / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"  # package data: the .avsc files and topology.json
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as ``topology.json`` declares it: its role, default name, variable and meaning."""
+
+    role: str  # the field of config.Topics, e.g. commands
+    name: str
+    env: str  # the variable that overrides the name, e.g. KAFKA_COMMAND_TOPIC
+    about: str
+
+
+@cache
+def topic_specs(schema_dir: Path = SCHEMA_DIR) -> tuple[TopicSpec, ...]:
+    spec = json.loads((schema_dir / "topology.json").read_text())
+    return tuple(TopicSpec(t["role"], t["name"], t["env"], t["about"]) for t in spec["topics"])
 
 
 @dataclass(frozen=True)
@@ -22,11 +36,6 @@ class Record:
     name: str  # short name, e.g. ConfirmMoneyTransfer
     full_name: str  # e.g. nl.openweb.data.ConfirmMoneyTransfer
     schema_str: str  # the .avsc text, compact JSON
-
-    @property
-    def schema(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.schema_str)
-        return parsed
 
 
 @dataclass(frozen=True)
@@ -49,12 +58,6 @@ class Topology:
 
     def with_partitions(self, partitions: int) -> Topology:
         return replace(self, topics=tuple(replace(t, partitions=partitions) for t in self.topics))
-
-    def topic(self, env: str) -> Topic:
-        for topic in self.topics:
-            if topic.env == env:
-                return topic
-        raise KeyError(env)
 
     def subjects(self) -> dict[str, Record]:
         result: dict[str, Record] = {}

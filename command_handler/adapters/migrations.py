@@ -9,10 +9,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from command_handler.adapters.database import drop_database, ensure_role_and_database
+from command_handler.adapters.schema_version import MIGRATIONS_DIR
 from command_handler.config import DatabaseSettings
-from command_handler.topology import PROJECT_ROOT
-
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 
 
 def alembic_config(url: str) -> Config:

@@ -13,9 +13,8 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import ProgrammingError
 
-from command_handler.topology import PROJECT_ROOT
-
-VERSIONS_DIR = PROJECT_ROOT / "migrations" / "versions"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"  # package data: Alembic's env and revisions
+VERSIONS_DIR = MIGRATIONS_DIR / "versions"
 _REVISION = re.compile(r'^revision\s*=\s*["\']([^"\']+)["\']', re.MULTILINE)
 _DOWN = re.compile(r'^down_revision\s*=\s*(?:["\']([^"\']+)["\']|None)', re.MULTILINE)
 
