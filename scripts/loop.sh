@@ -43,8 +43,9 @@ for run in $(seq 1 "$runs"); do
   log="$results/logs/handler-$(date +%Y-%m-%d-%H-%M-%S)-run$run.log"
   "$ch" run >"$log" 2>&1 &
   handler=$!
+  # ready when its health endpoint says so (it consumes its partitions)
   for _ in $(seq 1 600); do
-    grep -q "assigned" "$log" && break
+    curl -sf "http://127.0.0.1:$HEALTH_PORT/health/ready" >/dev/null && break
     kill -0 "$handler" 2>/dev/null || { echo "loop: handler exited, see $log" >&2; exit 1; }
     sleep 0.1
   done

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh bench
-.venv/bin/python -c "from command_handler.localstack.kafka import ensure_jars; ensure_jars()"
+.venv/bin/python -c "from open_bank_devtools.stack.kafka import ensure_jars; ensure_jars()"
 mkdir -p results
 echo "prepare: ready; run scripts/loop.sh N [CONFIG] (BROKER=kafka|tansu)"

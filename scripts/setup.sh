@@ -2,9 +2,11 @@
 # Idempotent set-up for a machine of this project's kind (Debian, Python 3.11):
 # the Debian packages the local stack needs (PostgreSQL's binaries for a cluster
 # of the stack's own, a JDK and Maven for Apache Kafka, acl, and for the tests
-# openssl and stunnel4), then a virtual environment in .venv with the project
-# and its extras. It starts no service: `command-handler stack up` does.
-# Usage: scripts/setup.sh [EXTRAS]   (default: test; local, bench, test)
+# openssl and stunnel4), then a virtual environment in .venv with the product
+# (open-bank-command-handler, editable) and the development tools beside it
+# (devtools/: open-bank-devtools), and for `test` the checkers and pytest.
+# It starts no service: `command-handler stack up` does.
+# Usage: scripts/setup.sh [local|bench|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test}"
@@ -15,6 +17,7 @@ command -v pgbench >/dev/null 2>&1 || packages+=(postgresql-client)
 command -v java >/dev/null 2>&1 || packages+=(default-jdk-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v setfacl >/dev/null 2>&1 || packages+=(acl)
+command -v curl >/dev/null 2>&1 || packages+=(curl)
 if [ "$extras" = "test" ]; then
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)
   command -v stunnel4 >/dev/null 2>&1 || packages+=(stunnel4)
@@ -29,11 +32,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
+product="."
+[ "$extras" = "test" ] && product=".[dev]"
 stamp=".venv/.installed-$extras"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing the project with extras [$extras]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing the product and the development tools ($extras)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import command_handler, confluent_kafka, sqlalchemy, alembic"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import command_handler, open_bank_devtools, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi

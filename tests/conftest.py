@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -30,19 +29,14 @@ import pytest
 from command_handler.adapters import migrations
 from command_handler.adapters.database import drop_database, ensure_role_and_database
 from command_handler.config import Settings, load_settings
-from command_handler.localstack.stack import LocalStack, StackConfig
+from open_bank_devtools.health import free_port
+from open_bank_devtools.stack.local_stack import LocalStack, StackConfig
 
 from .certificates import make_certificates
 
 TEST_DB = os.environ.get("TEST_DB_NAME", "balancedb_test")
 TEST_REGISTRY_DB = "schema_registry_test"
 TEST_BROKER = os.environ.get("TEST_BROKER", "kafka")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

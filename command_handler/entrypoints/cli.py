@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from command_handler import __version__
 from command_handler.config import ConfigError, Settings, describe_variables, load_settings
@@ -15,6 +16,9 @@ log = logging.getLogger("command_handler")
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+# Installed development tools (open-bank-devtools) add their subcommands through entry points of this group:
+# each is a callable (subparsers, formatter class) -> None that adds a parser with set_defaults(func=...).
+TOOLS_GROUP = "command_handler.subcommands"
 
 
 def setup_logging(level: str) -> None:
@@ -29,15 +33,8 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(quiet)
 
 
-def _epilog(*groups: str) -> str:
+def variables_epilog(*groups: str) -> str:
     return "environment variables:\n" + describe_variables(groups or None)
-
-
-def _stack_epilog() -> str:
-    from command_handler.localstack.stack import STACK_VARIABLES
-
-    own = "\n".join(f"  {name:<32} {meaning}" for name, meaning in STACK_VARIABLES)
-    return f"stack variables:\n{own}\n\n" + _epilog("database")
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -63,24 +60,6 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"database {db.display()} already at revision {after}: nothing to do")
     else:
         print(f"database {db.display()} migrated from {before} to {after}")
-    return 0
-
-
-def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
-    from command_handler.localstack.stack import LocalStack, StackConfig
-
-    config = StackConfig.from_env()
-    if args.broker:
-        config = replace(config, broker=args.broker)
-    stack = LocalStack(config, settings)
-    if args.action == "up":
-        stack.up(timeout_s=settings.startup_timeout_s, fresh=args.fresh)
-    elif args.action == "down":
-        stack.down()
-    else:
-        return 0 if stack.status() else 3
     return 0
 
 
@@ -114,6 +93,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from command_handler.adapters.health import Health, serve_health
     from command_handler.bootstrap import build_handler
+    from command_handler.entrypoints.consumer import HandlerLoop
 
     health = Health()
     if settings.health_port:
@@ -126,72 +106,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings.database.display(),
         settings.kafka.group_id,
     )
-    loop = build_handler(settings, sync_first=args.sync, health=health)
+    loop = HandlerLoop(build_handler(settings, sync_first=args.sync), health)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, f: loop.request_stop(signal.Signals(s).name))
     return loop.run()
-
-
-def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-    from pathlib import Path
-
-    from command_handler.loadtest.latency import LatencyConfig, LatencyTest
-    from command_handler.loadtest.resources import ResourceSampler, pids_of, postgres_pids, process_tree
-    from command_handler.localstack.stack import StackConfig, stack_pid
-
-    try:
-        config = LatencyConfig.load(args.config)
-        if args.name:
-            config = replace(config, name=args.name)
-    except (ValueError, TypeError) as err:
-        print(f"command-handler latency: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    stack = StackConfig.from_env()
-    broker_pid = args.broker_pid or stack_pid(stack, "broker")
-    cluster = stack.cluster()
-    # the stack's own PostgreSQL (the postmaster and its backends), else every postgres process here
-    postgres = process_tree(cluster.pid) if stack.own_postgres and cluster.initialized else postgres_pids
-    sampler = ResourceSampler(
-        {"handler": pids_of(args.handler_pid), "broker": pids_of(broker_pid), "postgres": postgres}
-    )
-    test = LatencyTest(settings, config, Path(args.results), sampler)
-    path, loops = test.run()
-    ok = loops >= config.min_loops
-    print(f"{path}: {loops} loops ({'met' if ok else 'did not meet'} the criterion of {config.min_loops})")
-    return 0 if ok else EXIT_FAILURE
-
-
-def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from command_handler.loadtest.report import write_report
-
-    mapping = {}
-    for item in args.variant:
-        variant, sep, prefix = item.partition("=")
-        if not sep or not variant or not prefix:
-            print(f"command-handler report: --variant takes VARIANT=PREFIX, got {item!r}", file=sys.stderr)
-            return EXIT_CONFIG
-        mapping[variant] = prefix
-    try:
-        written = write_report(Path(args.results), Path(args.out), mapping)
-    except ValueError as err:
-        print(f"command-handler report: {err}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(Path(written["markdown"]).read_text())
-    for kind, path in written.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from command_handler.loadtest.bench import run_bench
-
-    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results))
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="command-handler",
         description="The open-bank command handler: ConfirmAccountCreation and ConfirmMoneyTransfer "
         "commands from Kafka, balances in Postgres, Avro answers through a Schema Registry.",
-        epilog=_epilog(),
+        epilog=variables_epilog(),
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -209,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "migrate",
         help="upgrade the database schema to the latest revision (Alembic)",
-        epilog=_epilog("database", "general"),
+        epilog=variables_epilog("database", "general"),
         formatter_class=formatter,
     )
     p.add_argument(
@@ -221,31 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser(
-        "stack",
-        help="start, stop or show the embedded local stack (Kafka or Tansu, local registry, its own PostgreSQL)",
-        description="The local stack for development and tests: never used in production. It runs Apache Kafka "
-        "(KRaft, jars from Maven Central) or Tansu, the local Schema Registry, and a PostgreSQL cluster of its own "
-        "in STACK_DIR; `up` prints the environment to use and writes it to $STACK_DIR/env.",
-        epilog=_stack_epilog(),
-        formatter_class=formatter,
-    )
-    p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="with up: stop the stack and drop its databases first (empty broker, empty database)",
-    )
-    p.add_argument(
-        "--broker",
-        choices=("kafka", "tansu"),
-        help="with up: the broker to run (default: STACK_BROKER, else kafka)",
-    )
-    p.set_defaults(func=cmd_stack)
-
-    p = sub.add_parser(
         "sync",
         help="create the topics and register the schema subjects of the topology",
-        epilog=_epilog("kafka", "registry", "general"),
+        epilog=variables_epilog("kafka", "registry", "general"),
         formatter_class=formatter,
     )
     p.add_argument("--prune", action="store_true", help="also delete topics the topology does not name")
@@ -260,55 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run the command handler until SIGTERM or SIGINT",
-        epilog=_epilog(),
+        epilog=variables_epilog(),
         formatter_class=formatter,
     )
     p.add_argument("--sync", action="store_true", help="run the synchronizer first (create topics, register schemas)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "latency",
-        help="run one end-to-end latency test against a running handler (see scripts/loop.sh)",
-        epilog=_epilog("kafka", "registry"),
-        formatter_class=formatter,
-    )
-    p.add_argument("--config", default="reference", help="preset name (reference, ci) or TOML file")
-    p.add_argument("--results", default="results", help="folder of the results files (default: results)")
-    p.add_argument("--name", help="name of the results file (the variant), instead of the config's")
-    p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
-    p.add_argument("--broker-pid", type=int, help="PID of the broker (default: the local stack's)")
-    p.set_defaults(func=cmd_latency)
-
-    p = sub.add_parser(
-        "report",
-        help="pool latency runs by variant: summary table, PNG charts and an HTML page",
-        formatter_class=formatter,
-    )
-    p.add_argument("--results", default="results", help="folder of the run files (default: results)")
-    p.add_argument("--out", default="results/report", help="folder to write to (default: results/report)")
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="VARIANT=PREFIX",
-        help="runs whose file name starts with PREFIX belong to VARIANT (repeatable); "
-        "default: the name part of each file",
-    )
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser(
-        "bench",
-        help="throughput benchmark: transfers end to end through a handler, against pgbench's ceiling",
-        description="Needs a running stack (KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DB_*) and pgbench. Uses its own "
-        "database (balancedb_bench) and topics, and starts a handler process for the run.",
-        epilog=_epilog("kafka", "registry", "database"),
-        formatter_class=formatter,
-    )
-    p.add_argument("--transfers", type=int, default=20_000, help="number of ConfirmMoneyTransfer (default 20000)")
-    p.add_argument("--accounts", type=int, default=1_000, help="pre-created accounts (default 1000)")
-    p.add_argument("--pgbench-seconds", type=int, default=15, help="how long pgbench runs (default 15)")
-    p.add_argument("--results", default="results", help="folder of the results file (default: results)")
-    p.set_defaults(func=cmd_bench)
+    for tool in sorted(entry_points(group=TOOLS_GROUP), key=lambda e: e.name):
+        tool.load()(sub, formatter)
     return parser
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from command_handler.adapters import migrations
 from command_handler.adapters.database import drop_database
 from command_handler.config import Settings, load_settings
+from command_handler.topology import topic_specs
+from open_bank_devtools.health import free_port, wait_ready
 
 
 @dataclass
@@ -33,11 +35,7 @@ def isolated_world(base_env: dict[str, str], name: str) -> Iterator[World]:
     env = {
         **base_env,
         "DB_NAME": f"e2e_{name}",
-        "KAFKA_COMMAND_TOPIC": f"commands_{name}",
-        "KAFKA_ACF_TOPIC": f"account_creation_feedback_{name}",
-        "KAFKA_MTF_TOPIC": f"money_transfer_feedback_{name}",
-        "KAFKA_BC_TOPIC": f"balance_changed_{name}",
-        "KAFKA_DLQ_TOPIC": f"commands_{name}.dlq",
+        **{spec.env: f"{spec.name}_{name}" for spec in topic_specs()},
         "KAFKA_GROUP_ID": f"command-handler-{name}",
         "STATS_INTERVAL_S": "5",
     }
@@ -55,6 +53,8 @@ class HandlerProcess:
 
     def __init__(self, world: World, log_dir: Path, name: str = "handler", sync: bool = True, **extra_env: str) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self.health_port = int(extra_env.get("HEALTH_PORT") or free_port())
+        extra_env = {**extra_env, "HEALTH_PORT": str(self.health_port)}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in wait()
         args = [sys.executable, "-m", "command_handler", "run", *(["--sync"] if sync else [])]
         self.process = subprocess.Popen(
@@ -77,8 +77,12 @@ class HandlerProcess:
             time.sleep(0.05)
         raise AssertionError(f"handler did not log {text!r} within {timeout_s}s:\n{self.output()[-4000:]}")
 
-    def wait_assigned(self, timeout_s: float = 60.0) -> HandlerProcess:
-        self.wait_until("assigned", timeout_s)
+    def wait_ready(self, timeout_s: float = 60.0) -> HandlerProcess:
+        """Until ``/health/ready`` answers 200: the handler consumes its partitions."""
+        try:
+            wait_ready(self.health_port, timeout_s, running=lambda: self.process.poll() is None)
+        except (RuntimeError, TimeoutError) as err:
+            raise AssertionError(f"{err}:\n{self.output()[-4000:]}") from err
         return self
 
     def terminate(self, timeout_s: float = 30.0) -> int:

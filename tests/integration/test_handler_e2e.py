@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, text
 
 from command_handler.domain import rules
 from command_handler.domain.iban import BANK_IBAN, is_valid_iban
-from command_handler.loadtest.bank_client import Answer, BankClient
 from command_handler.topology import load_topology
+from open_bank_devtools.loadtest.bank_client import Answer, BankClient
 
 from ..conftest import Services
 from .handler_process import HandlerProcess, World, isolated_world
@@ -30,7 +30,7 @@ def world(services: Services) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def handler(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandlerProcess]:
-    process = HandlerProcess(world, tmp_path_factory.mktemp("logs")).wait_assigned()
+    process = HandlerProcess(world, tmp_path_factory.mktemp("logs")).wait_ready()
     yield process
     assert process.terminate() == 0, process.output()[-3000:]
     assert "stopped" in process.output()
@@ -236,7 +236,7 @@ def test_health_and_refusal_without_sync(world: World, tmp_path: Path) -> None:
     from ..conftest import free_port
 
     port = free_port()
-    second = HandlerProcess(world, tmp_path, name="health", sync=False, HEALTH_PORT=str(port)).wait_assigned()
+    second = HandlerProcess(world, tmp_path, name="health", sync=False, HEALTH_PORT=str(port)).wait_ready()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as response:
             assert response.status == 200 and json.loads(response.read())["ready"] is True

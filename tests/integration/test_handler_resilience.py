@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 import pytest
 from sqlalchemy import create_engine, text
 
-from command_handler.loadtest.bank_client import BankClient
+from open_bank_devtools.loadtest.bank_client import BankClient
 
 from ..conftest import Services
 from .handler_process import HandlerProcess, World, isolated_world
@@ -139,7 +139,7 @@ def check_ledger(world: World, client: BankClient, accounts: dict[str, dict], se
 
 
 def test_kill_9_under_load_then_restart_loses_nothing_and_applies_nothing_twice(world: World, tmp_path: Path) -> None:
-    first = HandlerProcess(world, tmp_path, name="first").wait_assigned()
+    first = HandlerProcess(world, tmp_path, name="first").wait_ready()
     client = BankClient(world.settings)
     try:
         accounts = open_accounts(client, 12)
@@ -150,7 +150,7 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_applies_nothing_twice(
         answered_before_kill = sum(1 for s in sent if client.feedback.get(s.id))
         first.kill()  # SIGKILL: no shutdown, no commit
         assert answered_before_kill < len(sent), "the kill came too late to test anything"
-        second = HandlerProcess(world, tmp_path, name="second", sync=False).wait_assigned()
+        second = HandlerProcess(world, tmp_path, name="second", sync=False).wait_ready()
         outcome = check_ledger(world, client, accounts, sent)
         assert outcome["confirmed"] > len(sent) // 2 and outcome["invalid token"] > 0
         assert second.terminate() == 0
@@ -159,7 +159,7 @@ def test_kill_9_under_load_then_restart_loses_nothing_and_applies_nothing_twice(
 
 
 def test_two_handlers_with_duplicated_commands_across_rebalances(world: World, tmp_path: Path) -> None:
-    first = HandlerProcess(world, tmp_path, name="a").wait_assigned()
+    first = HandlerProcess(world, tmp_path, name="a").wait_ready()
     client = BankClient(world.settings)
     second = None
     try:

@@ -199,7 +199,7 @@ def test_ids_survive_a_registry_restart(services, unique: str) -> None:  # type:
         pytest.skip("the registry is external: cannot restart it")
     import threading
 
-    from command_handler.localstack.registry_server import make_server
+    from open_bank_devtools.stack.registry_server import make_server
 
     from .. import conftest
 

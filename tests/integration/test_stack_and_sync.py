@@ -19,10 +19,10 @@ from sqlalchemy import text
 from command_handler.adapters.database import drop_database, make_engine
 from command_handler.bootstrap import synchronize
 from command_handler.config import load_settings
-from command_handler.localstack.stack import LocalStack, StackError
 from command_handler.retry import NotReady
 from command_handler.service_layer.synchronizer import SyncError
 from command_handler.topology import load_topology
+from open_bank_devtools.stack.local_stack import LocalStack, StackError
 
 from ..conftest import Services, free_port, processes_under, stack_config_on_free_ports
 

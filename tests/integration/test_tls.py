@@ -17,8 +17,8 @@ from uuid import uuid4
 
 import pytest
 
-from command_handler.loadtest.bank_client import BankClient
-from command_handler.localstack.stack import broker_binary
+from open_bank_devtools.loadtest.bank_client import BankClient
+from open_bank_devtools.stack.local_stack import broker_binary
 
 from ..certificates import KEY_PASSWORD, make_certificates
 from ..conftest import Services, free_port
@@ -68,7 +68,7 @@ def tls_env(services: Services, tmp_path: Path) -> Iterator[dict[str, str]]:
         certificates = config.tls_dir
         registry_tls = free_port()
         registry = subprocess.Popen(
-            [sys.executable, "-m", "command_handler.localstack.registry_server", "--port", str(registry_tls),
+            [sys.executable, "-m", "open_bank_devtools.stack.registry_server", "--port", str(registry_tls),
              "--database-url", services.stack.database.url(database=config.registry_db),
              "--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -132,7 +132,7 @@ def tls_world(tls_env: dict[str, str]) -> Iterator[World]:
 
 
 def test_handler_works_over_mutual_tls_and_https_registry(tls_world: World, tmp_path: Path) -> None:
-    handler = HandlerProcess(tls_world, tmp_path, name="tls").wait_assigned()
+    handler = HandlerProcess(tls_world, tmp_path, name="tls").wait_ready()
     client = BankClient(tls_world.settings)
     try:
         answer = client.wait_for(client.open_account("tls-user"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from command_handler.loadtest.latency import COLUMNS, LatencyConfig
-from command_handler.loadtest.report import percentile, summarize, variant_of, write_report
+from open_bank_devtools.loadtest.latency import COLUMNS, LatencyConfig
+from open_bank_devtools.loadtest.report import percentile, summarize, variant_of, write_report
 
 
 def test_percentile_is_nearest_rank() -> None:

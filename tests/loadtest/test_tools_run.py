@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from command_handler.loadtest.latency import COLUMNS, LatencyConfig
+from open_bank_devtools.loadtest.latency import COLUMNS, LatencyConfig
 
 from ..conftest import TEST_BROKER, Services, free_port
 
@@ -31,6 +31,7 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
         "LATENCY_CONTROLLER_PORT": str(free_port()),
         "LATENCY_REGISTRY_PORT": str(free_port()),
         "LATENCY_DB_PORT": str(free_port()),
+        "LATENCY_HEALTH_PORT": str(free_port()),
         "BROKER": TEST_BROKER,
     }
     run = subprocess.run(["scripts/loop.sh", "1", "ci"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

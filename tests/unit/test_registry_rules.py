@@ -1,7 +1,7 @@
 import avro.schema
 import pytest
 
-from command_handler.localstack.registry_store import RegistryError, check_compatibility, parse_avro
+from open_bank_devtools.stack.registry_store import RegistryError, check_compatibility, parse_avro
 
 V1 = '{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}'
 V2_NEW_FIELD_NO_DEFAULT = (

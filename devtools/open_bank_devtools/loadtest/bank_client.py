@@ -23,7 +23,7 @@ from confluent_kafka.schema_registry import topic_record_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from command_handler.adapters.schema_registry import make_registry_client
+from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.config import Settings
 from command_handler.topology import load_topology
 
@@ -61,7 +61,7 @@ class BankClient:
         self.watched_ibans: set[str] = set()
         self.watched_keys: set[bytes] = set()  # BalanceChanged keys (usernames) worth decoding
         self.topics = settings.topics
-        self.registry = make_registry_client(settings.registry)
+        self.registry = SchemaRegistry(settings.registry).client
         topology = load_topology(settings.topics.by_env())
         strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
         self._serializers = {
@@ -93,7 +93,6 @@ class BankClient:
         self._lock = threading.Condition()
         self.feedback: dict[uuid.UUID, list[Answer]] = defaultdict(list)
         self.balance_changed: dict[str, list[Answer]] = defaultdict(list)
-        self.dead_letters: list[Any] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="bank-client", daemon=True)
         self._thread.start()

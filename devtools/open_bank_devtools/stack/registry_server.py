@@ -3,7 +3,7 @@
 It speaks the subset of the REST API that ``confluent_kafka``'s
 ``SchemaRegistryClient`` and Avro serializers use. Production points
 ``SCHEMA_REGISTRY_URL`` at a real registry instead. Run it with
-``python -m command_handler.localstack.registry_server --port 8081 --database-url ...``
+``python -m open_bank_devtools.stack.registry_server --port 8081 --database-url ...``
 (``command-handler stack up`` does that).
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from sqlalchemy import create_engine
 
-from command_handler.localstack.registry_store import GLOBAL, RegistryError, RegistryStore
+from open_bank_devtools.stack.registry_store import GLOBAL, RegistryError, RegistryStore
 
 log = logging.getLogger("schema-registry")
 

@@ -30,9 +30,9 @@ from command_handler.adapters.database import drop_database, ensure_role_and_dat
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.config import DatabaseSettings, KafkaSettings, Settings
 from command_handler.errors import OperatorError
-from command_handler.localstack.kafka import KafkaNode, TlsListener
-from command_handler.localstack.postgres import Cluster
 from command_handler.retry import NotReady, retry
+from open_bank_devtools.stack.kafka import KafkaNode, TlsListener
+from open_bank_devtools.stack.postgres import Cluster
 
 HOST = "127.0.0.1"
 REGISTRY_DB = "schema_registry"
@@ -224,7 +224,7 @@ class LocalStack:
     def services(self) -> list[Service]:
         registry_url = self.database.url(database=self.config.registry_db)
         port = str(self.config.registry_port)
-        registry = [sys.executable, "-m", "command_handler.localstack.registry_server", "--host", HOST, "--port", port]
+        registry = [sys.executable, "-m", "open_bank_devtools.stack.registry_server", "--host", HOST, "--port", port]
         return [
             self.broker_services()[self.config.broker],
             Service(
@@ -306,7 +306,14 @@ class LocalStack:
         return env
 
     def _stack_kafka_settings(self) -> KafkaSettings:
-        return replace(self.settings.kafka, brokers=self.config.brokers, security={})
+        return replace(
+            self.settings.kafka,
+            brokers=self.config.brokers,
+            security_protocol="PLAINTEXT",
+            ssl_ca_location="",
+            ssl_certificate_location="",
+            ssl_key_location="",
+        )
 
     def _registry_answers(self) -> None:
         with urllib.request.urlopen(f"{self.config.registry_url}/subjects", timeout=2) as response:

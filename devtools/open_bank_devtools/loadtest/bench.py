@@ -35,8 +35,10 @@ from command_handler.adapters import migrations
 from command_handler.bootstrap import synchronize
 from command_handler.config import Settings, load_settings
 from command_handler.domain.iban import iban_for
-from command_handler.loadtest.bank_client import Answer, BankClient
-from command_handler.loadtest.report import percentile
+from command_handler.topology import topic_specs
+from open_bank_devtools.health import free_port, wait_ready
+from open_bank_devtools.loadtest.bank_client import Answer, BankClient
+from open_bank_devtools.loadtest.report import percentile
 
 BENCH_DB = "balancedb_bench"
 HANDLER_CONNECTIONS = 1  # the handler's consumer loop runs one transaction at a time
@@ -111,13 +113,10 @@ def bench_environment(suffix: str) -> dict[str, str]:
     return {
         **os.environ,
         "DB_NAME": BENCH_DB,
-        "KAFKA_COMMAND_TOPIC": f"bench_commands_{suffix}",
-        "KAFKA_ACF_TOPIC": f"bench_acf_{suffix}",
-        "KAFKA_MTF_TOPIC": f"bench_mtf_{suffix}",
-        "KAFKA_BC_TOPIC": f"bench_bc_{suffix}",
-        "KAFKA_DLQ_TOPIC": f"bench_dlq_{suffix}",
+        **{spec.env: f"bench_{spec.role}_{suffix}" for spec in topic_specs()},
         "KAFKA_GROUP_ID": f"bench-{suffix}",
         "STATS_INTERVAL_S": "5",
+        "HEALTH_PORT": str(free_port()),
     }
 
 
@@ -181,11 +180,10 @@ def run_bench(
             [sys.executable, "-m", "command_handler", "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 120
-        while "assigned" not in log_path.read_text():
-            if handler.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the handler did not start, see {log_path}")
-            time.sleep(0.05)
+        try:
+            wait_ready(int(env["HEALTH_PORT"]), 120, running=lambda: handler.poll() is None)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}; see {log_path}") from err
         say(f"bench: {transfers} transfers as fast as possible")
         result = _drive(settings, handler.pid, rows, transfers)
     finally:

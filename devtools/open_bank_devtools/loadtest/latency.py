@@ -29,8 +29,8 @@ from confluent_kafka import Producer
 
 from command_handler.config import Settings
 from command_handler.domain.iban import BANK_IBAN
-from command_handler.loadtest.bank_client import Answer, BankClient
-from command_handler.loadtest.resources import ResourceSampler
+from open_bank_devtools.loadtest.bank_client import Answer, BankClient
+from open_bank_devtools.loadtest.resources import ResourceSampler
 
 log = logging.getLogger(__name__)
 

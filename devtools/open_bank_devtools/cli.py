@@ -1,0 +1,188 @@
+"""The development tools' subcommands of ``command-handler``: stack, latency, report, bench.
+
+They are registered through the ``command_handler.subcommands`` entry points of
+this distribution (see ``devtools/pyproject.toml``), so an installation of the
+product alone has none of them, and one with the tools keeps every command
+line of the scripts and docs. Heavy imports happen inside the commands only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from command_handler.config import Settings
+from command_handler.entrypoints.cli import EXIT_CONFIG, EXIT_FAILURE, variables_epilog
+
+Subparsers = Any  # argparse's _SubParsersAction, which has no public name
+Formatter = type[argparse.HelpFormatter]
+
+
+# -- stack ----------------------------------------------------------------------------------
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from open_bank_devtools.stack.local_stack import LocalStack, StackConfig
+
+    config = StackConfig.from_env()
+    if args.broker:
+        config = replace(config, broker=args.broker)
+    stack = LocalStack(config, settings)
+    if args.action == "up":
+        stack.up(timeout_s=settings.startup_timeout_s, fresh=args.fresh)
+    elif args.action == "down":
+        stack.down()
+    else:
+        return 0 if stack.status() else 3
+    return 0
+
+
+def add_stack(sub: Subparsers, formatter: Formatter) -> None:
+    from open_bank_devtools.stack.local_stack import STACK_VARIABLES
+
+    own = "\n".join(f"  {name:<32} {meaning}" for name, meaning in STACK_VARIABLES)
+    p = sub.add_parser(
+        "stack",
+        help="start, stop or show the embedded local stack (Kafka or Tansu, local registry, its own PostgreSQL)",
+        description="The local stack for development and tests: never used in production. It runs Apache Kafka "
+        "(KRaft, jars from Maven Central) or Tansu, the local Schema Registry, and a PostgreSQL cluster of its own "
+        "in STACK_DIR; `up` prints the environment to use and writes it to $STACK_DIR/env.",
+        epilog=f"stack variables:\n{own}\n\n" + variables_epilog("database"),
+        formatter_class=formatter,
+    )
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with up: stop the stack and drop its databases first (empty broker, empty database)",
+    )
+    p.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        help="with up: the broker to run (default: STACK_BROKER, else kafka)",
+    )
+    p.set_defaults(func=cmd_stack)
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+
+def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from open_bank_devtools.loadtest.latency import LatencyConfig, LatencyTest
+    from open_bank_devtools.loadtest.resources import ResourceSampler, pids_of, postgres_pids, process_tree
+    from open_bank_devtools.stack.local_stack import StackConfig, stack_pid
+
+    try:
+        config = LatencyConfig.load(args.config)
+        if args.name:
+            config = replace(config, name=args.name)
+    except (ValueError, TypeError) as err:
+        print(f"command-handler latency: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    stack = StackConfig.from_env()
+    broker_pid = args.broker_pid or stack_pid(stack, "broker")
+    cluster = stack.cluster()
+    # the stack's own PostgreSQL (the postmaster and its backends), else every postgres process here
+    postgres = process_tree(cluster.pid) if stack.own_postgres and cluster.initialized else postgres_pids
+    sampler = ResourceSampler(
+        {"handler": pids_of(args.handler_pid), "broker": pids_of(broker_pid), "postgres": postgres}
+    )
+    test = LatencyTest(settings, config, Path(args.results), sampler)
+    path, loops = test.run()
+    ok = loops >= config.min_loops
+    print(f"{path}: {loops} loops ({'met' if ok else 'did not meet'} the criterion of {config.min_loops})")
+    return 0 if ok else EXIT_FAILURE
+
+
+def add_latency(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "latency",
+        help="run one end-to-end latency test against a running handler (see scripts/loop.sh)",
+        epilog=variables_epilog("kafka", "registry"),
+        formatter_class=formatter,
+    )
+    p.add_argument("--config", default="reference", help="preset name (reference, ci) or TOML file")
+    p.add_argument("--results", default="results", help="folder of the results files (default: results)")
+    p.add_argument("--name", help="name of the results file (the variant), instead of the config's")
+    p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
+    p.add_argument("--broker-pid", type=int, help="PID of the broker (default: the local stack's)")
+    p.set_defaults(func=cmd_latency)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from open_bank_devtools.loadtest.report import write_report
+
+    mapping = {}
+    for item in args.variant:
+        variant, sep, prefix = item.partition("=")
+        if not sep or not variant or not prefix:
+            print(f"command-handler report: --variant takes VARIANT=PREFIX, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        mapping[variant] = prefix
+    try:
+        written = write_report(Path(args.results), Path(args.out), mapping)
+    except ValueError as err:
+        print(f"command-handler report: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(Path(written["markdown"]).read_text())
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def add_report(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "report",
+        help="pool latency runs by variant: summary table, PNG charts and an HTML page",
+        formatter_class=formatter,
+    )
+    p.add_argument("--results", default="results", help="folder of the run files (default: results)")
+    p.add_argument("--out", default="results/report", help="folder to write to (default: results/report)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="VARIANT=PREFIX",
+        help="runs whose file name starts with PREFIX belong to VARIANT (repeatable); "
+        "default: the name part of each file",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from open_bank_devtools.loadtest.bench import run_bench
+
+    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results))
+    return 0
+
+
+def add_bench(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="throughput benchmark: transfers end to end through a handler, against pgbench's ceiling",
+        description="Needs a running stack (KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DB_*) and pgbench. Uses its own "
+        "database (balancedb_bench) and topics, and starts a handler process for the run.",
+        epilog=variables_epilog("kafka", "registry", "database"),
+        formatter_class=formatter,
+    )
+    p.add_argument("--transfers", type=int, default=20_000, help="number of ConfirmMoneyTransfer (default 20000)")
+    p.add_argument("--accounts", type=int, default=1_000, help="pre-created accounts (default 1000)")
+    p.add_argument("--pgbench-seconds", type=int, default=15, help="how long pgbench runs (default 15)")
+    p.add_argument("--results", default="results", help="folder of the results file (default: results)")
+    p.set_defaults(func=cmd_bench)
