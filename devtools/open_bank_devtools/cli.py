@@ -41,7 +41,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_stack(sub: Subparsers, formatter: Formatter) -> None:
-    from open_bank_devtools.stack.local_stack import STACK_VARIABLES
+    from open_bank_devtools.stack.variables import STACK_VARIABLES
 
     own = "\n".join(f"  {name:<32} {meaning}" for name, meaning in STACK_VARIABLES)
     p = sub.add_parser(
