@@ -29,6 +29,7 @@ from command_handler.domain.model import (
     MoneyTransferConfirmed,
     MoneyTransferFailed,
     Outcome,
+    Source,
 )
 from command_handler.domain.rules import Account
 
@@ -74,16 +75,19 @@ class PostgresLedger:
         )
         return {r[0]: _creation_outcome(r[0], r[1], r[2], r[3]) for r in rows}
 
-    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
+    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, tuple[Outcome, Source | None]]:
         ids = list(ids)
         if not ids:
             return {}
-        reasons: dict[UUID, str | None] = {
-            r[0]: r[1]
-            for r in self.conn.execute(
-                text("SELECT uuid, reason FROM cmt WHERE uuid = ANY(CAST(:ids AS uuid[]))"), {"ids": ids}
-            )
-        }
+        rows = self.conn.execute(
+            text(
+                "SELECT uuid, reason, source_topic, source_partition, source_offset "
+                "FROM cmt WHERE uuid = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids},
+        ).all()
+        reasons: dict[UUID, str | None] = {r[0]: r[1] for r in rows}
+        sources = {r[0]: Source(r[2], r[3], r[4]) if r[2] is not None else None for r in rows}
         events: dict[UUID, list[BalanceChanged]] = defaultdict(list)
         for r in self.conn.execute(
             text(
@@ -93,7 +97,9 @@ class PostgresLedger:
             {"ids": ids},
         ):
             events[r[0]].append(BalanceChanged(*r[1:]))
-        return {i: _transfer_outcome(i, reason, tuple(events.get(i, ()))) for i, reason in reasons.items()}
+        return {
+            i: (_transfer_outcome(i, reason, tuple(events.get(i, ()))), sources[i]) for i, reason in reasons.items()
+        }
 
     # -- balances ---------------------------------------------------------------
 
@@ -155,18 +161,27 @@ class PostgresLedger:
             },
         )
 
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome]]) -> None:
-        failed = [(i, o.reason) for i, o in outcomes if o.reason is not None]
-        if failed:
-            self.conn.execute(
-                text(
-                    "UPDATE cmt AS c SET reason = u.reason "
-                    "FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[])) AS u(uuid, reason) "
-                    "WHERE c.uuid = u.uuid"
-                ),
-                {"ids": [i for i, _ in failed], "reasons": [r for _, r in failed]},
-            )
-        events = [(i, seq, e) for i, o in outcomes for seq, e in enumerate(o.events)]
+    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
+        if not outcomes:
+            return
+        self.conn.execute(
+            text(
+                "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
+                "source_partition = u.src_partition, source_offset = u.src_offset "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:topics AS text[]), "
+                "CAST(:partitions AS int[]), CAST(:offsets AS bigint[])) "
+                "AS u(uuid, reason, src_topic, src_partition, src_offset) "
+                "WHERE c.uuid = u.uuid"
+            ),
+            {
+                "ids": [i for i, _, _ in outcomes],
+                "reasons": [o.reason for _, o, _ in outcomes],
+                "topics": [s.topic if s else None for _, _, s in outcomes],
+                "partitions": [s.partition if s else None for _, _, s in outcomes],
+                "offsets": [s.offset if s else None for _, _, s in outcomes],
+            },
+        )
+        events = [(i, seq, e) for i, o, _ in outcomes for seq, e in enumerate(o.events)]
         if events:
             self.conn.execute(
                 text(

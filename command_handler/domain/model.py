@@ -26,6 +26,16 @@ Command = ConfirmAccountCreation | ConfirmMoneyTransfer
 
 
 @dataclass(frozen=True)
+class Source:
+    """The record a command was read from. A redelivery of the same record has the same source;
+    a client that retries sends a new record (another source) with the same command id."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
 class AccountCreationConfirmed:
     id: UUID
     iban: str
@@ -72,6 +82,10 @@ class Outcome:
 
     feedback: Feedback
     events: tuple[BalanceChanged, ...] = ()
+
+    def feedback_only(self) -> Outcome:
+        """The answer without the events: for a new record whose command id was handled before."""
+        return Outcome(self.feedback)
 
     @property
     def reason(self) -> str | None:

@@ -23,7 +23,7 @@ from command_handler.adapters.dead_letters import dead_letter
 from command_handler.adapters.health import Health
 from command_handler.adapters.offsets import OffsetTracker, TopicPartitionKey
 from command_handler.bootstrap import HandlerParts
-from command_handler.domain.model import Command, Outcome
+from command_handler.domain.model import Command, Outcome, Source
 from command_handler.errors import Conflict, Rejected, Unavailable
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,9 @@ class HandlerLoop:
             work.append((msg, command))
         if not work:
             return
-        results = self._until_available(lambda: self.service.handle_isolated([c for _, c in work]), "database")
+        commands = [c for _, c in work]
+        sources = [Source(*origin(m)[0], origin(m)[1]) for m, _ in work]
+        results = self._until_available(lambda: self.service.handle_isolated(commands, sources), "database")
         if results is None:
             return
         self.stats.batches += 1

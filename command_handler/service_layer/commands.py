@@ -24,6 +24,7 @@ from command_handler.domain.model import (
     ConfirmAccountCreation,
     ConfirmMoneyTransfer,
     Outcome,
+    Source,
 )
 from command_handler.domain.rules import Account
 from command_handler.domain.tokens import new_token
@@ -46,16 +47,22 @@ class CommandService:
         self.iban_source = iban_source
         self.token_source = token_source
 
-    def handle(self, commands: Sequence[Command]) -> list[Outcome]:
+    def handle(self, commands: Sequence[Command], sources: Sequence[Source | None] | None = None) -> list[Outcome]:
         """Handle a batch in one transaction, retrying deadlocks and serialization failures.
+
+        ``sources`` are the records the commands were read from (None: not known). A transfer
+        handled before is answered with its stored outcome: in full (feedback and events) when it
+        comes from the very record it was first handled from (a redelivery), else the feedback only
+        (a client's retry, which must not show the customer the transfer twice).
 
         Raises ``Unavailable`` when the database cannot be reached and ``Rejected``
         when it refuses the batch for good (use ``handle_isolated`` to find the culprit).
         """
+        origins = list(sources) if sources is not None else [None] * len(commands)
         for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
             try:
                 with self.uow_factory() as uow:
-                    return self._apply(uow.ledger, commands)
+                    return self._apply(uow.ledger, commands, origins)
             except Conflict as err:
                 if attempt == MAX_CONFLICT_RETRIES:
                     raise
@@ -63,24 +70,27 @@ class CommandService:
                 time.sleep(random.uniform(0, 0.005 * attempt))
         raise AssertionError("unreachable")
 
-    def handle_isolated(self, commands: Sequence[Command]) -> list[Outcome | Rejected]:
+    def handle_isolated(
+        self, commands: Sequence[Command], sources: Sequence[Source | None] | None = None
+    ) -> list[Outcome | Rejected]:
         """Like ``handle``, but a command the database refuses is returned as its ``Rejected`` error
         while the others are handled (one transaction each, only after the batch was refused)."""
+        origins = list(sources) if sources is not None else [None] * len(commands)
         try:
-            return list(self.handle(commands))
+            return list(self.handle(commands, origins))
         except Rejected as err:
             if len(commands) == 1:
                 return [err]
             log.warning("batch of %d refused by the database (%s): handling one by one", len(commands), err)
         results: list[Outcome | Rejected] = []
-        for command in commands:
+        for command, source in zip(commands, origins, strict=True):
             try:
-                results.extend(self.handle([command]))
+                results.extend(self.handle([command], [source]))
             except Rejected as err:
                 results.append(err)
         return results
 
-    def _apply(self, ledger: Ledger, commands: Sequence[Command]) -> list[Outcome]:
+    def _apply(self, ledger: Ledger, commands: Sequence[Command], sources: Sequence[Source | None]) -> list[Outcome]:
         creations = [c for c in commands if isinstance(c, ConfirmAccountCreation)]
         transfers = [c for c in commands if isinstance(c, ConfirmMoneyTransfer)]
         # Locks in the ledger's global order: creation claims, transfer claims, accounts.
@@ -94,26 +104,29 @@ class CommandService:
 
         changed: dict[str, Account] = {}
         created: list[tuple[ConfirmAccountCreation, Outcome]] = []
-        transferred: list[tuple[UUID, Outcome]] = []
-        seen: dict[tuple[type, UUID], Outcome] = {}
+        transferred: list[tuple[UUID, Outcome, Source | None]] = []
+        seen: dict[tuple[type, UUID], tuple[Outcome, Source | None]] = {}
         results: list[Outcome] = []
-        for command in commands:
+        for command, source in zip(commands, sources, strict=True):
             key = (type(command), command.id)
-            if key in seen:  # the same id twice in one batch: answer as the first time
-                outcome = seen[key]
+            replay = True  # handled before: answered with what its first attempt stored
+            if key in seen:  # the same id twice in one batch
+                outcome, first = seen[key]
             elif isinstance(command, ConfirmAccountCreation) and command.id in new_creations:
-                outcome = self._open_account(ledger, command, accounts)
+                outcome, first, replay = self._open_account(ledger, command, accounts), source, False
                 created.append((command, outcome))
             elif isinstance(command, ConfirmMoneyTransfer) and command.id in new_transfers:
-                outcome = rules.decide_transfer(command, accounts)
+                outcome, first, replay = rules.decide_transfer(command, accounts), source, False
                 for event in outcome.events:
                     changed[event.iban] = accounts[event.iban]
-                transferred.append((command.id, outcome))
-            elif isinstance(command, ConfirmAccountCreation):  # handled before: answered as the first time
-                outcome = known_creations[command.id]
+                transferred.append((command.id, outcome, source))
+            elif isinstance(command, ConfirmAccountCreation):
+                outcome, first = known_creations[command.id], None
             else:
-                outcome = known_transfers[command.id]
-            seen[key] = outcome
+                outcome, first = known_transfers[command.id]
+            seen.setdefault(key, (outcome, first))
+            if replay and (source is None or source != first):
+                outcome = outcome.feedback_only()  # a new record with a handled id: no second BalanceChanged
             results.append(outcome)
 
         ledger.set_amounts(list(changed.values()))

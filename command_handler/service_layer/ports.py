@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from command_handler.domain.model import ConfirmAccountCreation, Outcome
+from command_handler.domain.model import ConfirmAccountCreation, Outcome, Source
 from command_handler.domain.rules import Account
 
 
@@ -38,8 +38,9 @@ class Ledger(Protocol):
         """The stored outcomes of account creations handled before."""
         ...
 
-    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
-        """The stored outcomes of transfers handled before, with their BalanceChanged events."""
+    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, tuple[Outcome, Source | None]]:
+        """The stored outcomes of transfers handled before, with their BalanceChanged events, and the
+        record each was first handled from (None when that is not known)."""
         ...
 
     def lock_accounts(self, ibans: Iterable[str]) -> dict[str, Account]:
@@ -58,8 +59,8 @@ class Ledger(Protocol):
         """Store the outcomes of account creations claimed in this transaction."""
         ...
 
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome]]) -> None:
-        """Store the outcomes of transfers claimed in this transaction, with their events."""
+    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
+        """Store the outcomes of transfers claimed in this transaction, with their events and source."""
         ...
 
 

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from command_handler.domain import rules
 from command_handler.domain.iban import BANK_IBAN
-from command_handler.domain.model import ConfirmAccountCreation, Outcome
+from command_handler.domain.model import ConfirmAccountCreation, Outcome, Source
 from command_handler.domain.rules import Account
 from command_handler.errors import Conflict, Rejected
 
@@ -29,6 +29,7 @@ class State:
     accounts: dict[str, Account] = field(default_factory=dict)
     creations: dict[UUID, Outcome | None] = field(default_factory=dict)  # None: claimed, outcome not recorded
     transfers: dict[UUID, Outcome | None] = field(default_factory=dict)
+    sources: dict[UUID, Source | None] = field(default_factory=dict)
     usernames: dict[UUID, str] = field(default_factory=dict)
 
 
@@ -59,8 +60,8 @@ class InMemoryLedger:
     def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
         return {i: o for i in ids if (o := self.state.creations.get(i)) is not None}
 
-    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
-        return {i: o for i in ids if (o := self.state.transfers.get(i)) is not None}
+    def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, tuple[Outcome, Source | None]]:
+        return {i: (o, self.state.sources.get(i)) for i in ids if (o := self.state.transfers.get(i)) is not None}
 
     def lock_accounts(self, ibans: Iterable[str]) -> dict[str, Account]:
         return {i: copy.copy(self.state.accounts[i]) for i in sorted(set(ibans)) if i in self.state.accounts}
@@ -82,10 +83,11 @@ class InMemoryLedger:
             self.state.creations[command.id] = outcome
             self.state.usernames[command.id] = command.username
 
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome]]) -> None:
-        for command_id, outcome in outcomes:
+    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
+        for command_id, outcome, source in outcomes:
             assert self.state.transfers[command_id] is None, "recorded only once, after its claim"
             self.state.transfers[command_id] = outcome
+            self.state.sources[command_id] = source
 
 
 class InMemoryBank:

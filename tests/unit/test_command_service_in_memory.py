@@ -18,6 +18,7 @@ from command_handler.domain.model import (
     MoneyTransferConfirmed,
     MoneyTransferFailed,
     Outcome,
+    Source,
 )
 from command_handler.errors import Conflict, Rejected
 from command_handler.service_layer import commands as commands_module
@@ -163,25 +164,49 @@ def test_the_limit_is_reached_exactly_but_not_passed(service: CommandService, ba
     assert beyond.reason == rules.INSUFFICIENT_FUNDS
 
 
-def test_transfer_replay_answers_with_the_same_events_and_changes_nothing(
+def test_a_redelivered_record_gets_its_feedback_and_events_again_and_changes_nothing(
     service: CommandService, bank: InMemoryBank
 ) -> None:
     alice = open_account(service)
     deposit = transfer(1_000, rules.CASH, alice.iban)
-    first = service.handle([deposit])
+    record = Source("commands", 3, 42)
+    first = service.handle([deposit], [record])
+    assert first[0].events  # the deposit changed a balance
     before = amounts(bank)
-    # a retry with other content but the same id is the same command: answered as the first time
-    retried = transfer(999_999, rules.CASH, alice.iban, command_id=deposit.id)
-    assert service.handle([deposit, retried]) == first * 2
+    assert service.handle([deposit], [Source("commands", 3, 42)]) == first
     assert amounts(bank) == before
+
+
+def test_a_retried_transfer_gets_its_feedback_only_and_changes_nothing(
+    service: CommandService, bank: InMemoryBank
+) -> None:
+    alice = open_account(service)
+    deposit = transfer(1_000, rules.CASH, alice.iban)
+    (first,) = service.handle([deposit], [Source("commands", 3, 42)])
+    before = amounts(bank)
+    # a client's retry is a new record; other content under the same id is still the same command
+    retried = transfer(999_999, rules.CASH, alice.iban, command_id=deposit.id)
+    for source in (Source("commands", 3, 43), Source("commands", 7, 42), None):
+        assert service.handle([retried], [source]) == [Outcome(first.feedback)]
+    assert amounts(bank) == before
+
+
+def test_a_handled_account_creation_is_answered_the_same_from_any_record(
+    service: CommandService, bank: InMemoryBank
+) -> None:
+    command = ConfirmAccountCreation(uuid4(), "alice")
+    first = service.handle([command], [Source("commands", 0, 1)])
+    assert service.handle([command], [Source("commands", 0, 9)]) == first
+    assert service.handle([command], [Source("commands", 0, 1)]) == first
 
 
 def test_the_same_id_twice_in_one_batch_is_applied_once(service: CommandService, bank: InMemoryBank) -> None:
     alice = open_account(service)
     deposit = transfer(1_000, rules.CASH, alice.iban)
     creation = ConfirmAccountCreation(uuid4(), "carol")
-    results = service.handle([deposit, creation, deposit, creation])
-    assert results[0] == results[2] and results[1] == results[3]
+    results = service.handle([deposit, creation, deposit, creation], [Source("c", 0, n) for n in range(4)])
+    assert results[0].events and results[2] == Outcome(results[0].feedback)  # the second record: feedback only
+    assert results[1] == results[3]
     assert amounts(bank)[alice.iban] == 1_000
     assert sum(1 for a in bank.state.accounts.values() if a.username == "carol") == 1
 
@@ -192,7 +217,7 @@ def test_a_creation_and_a_transfer_may_share_an_id(service: CommandService, bank
     creation, deposit = ConfirmAccountCreation(shared, "dave"), transfer(10, rules.CASH, alice.iban, command_id=shared)
     first = service.handle([creation, deposit])
     assert isinstance(first[0].feedback, AccountCreationConfirmed) and first[1].reason is None
-    assert service.handle([deposit, creation]) == [first[1], first[0]]
+    assert service.handle([deposit, creation]) == [first[1].feedback_only(), first[0]]
 
 
 def test_a_batch_applies_transfers_in_order_against_the_running_balance(
