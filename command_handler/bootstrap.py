@@ -94,8 +94,9 @@ def kafka_producer_conf(settings: Settings) -> dict[str, Any]:
 
 def _check_ready(
     settings: Settings, topology: Topology, admin: KafkaAdmin, registry: SchemaRegistry, engine: Engine
-) -> None:
-    """Refuse to start, with the fix in the message, when the database or topology is not in place."""
+) -> dict[str, str]:
+    """Refuse to start, with the fix in the message, when the database or topology is not in place.
+    Returns, per subject, the registered schema text the handler writes with (it means ours)."""
     current, head = database_revision(engine), expected_head()
     if current != head:
         raise OperatorError(
@@ -105,11 +106,14 @@ def _check_ready(
     missing_topics = sorted({t.name for t in topology.topics} - set(admin.topics()))
     if missing_topics:
         raise OperatorError(f"topics missing: {', '.join(missing_topics)}: run `command-handler sync` (or run --sync)")
-    missing_subjects = registry.missing_subjects({s: r.schema_str for s, r in topology.subjects().items()})
+    found, missing_subjects = registry.resolve_all({s: r.schema_str for s, r in topology.subjects().items()})
     if missing_subjects:
         raise OperatorError(
             f"schema subjects not registered: {', '.join(missing_subjects)}: run `command-handler sync` (or run --sync)"
         )
+    for subject, registered in sorted(found.items()):
+        log.info("subject %s: writing with schema id %d", subject, registered.schema_id)
+    return {subject: registered.schema_str for subject, registered in found.items()}
 
 
 MakeProducer = Callable[[Callable[[Hashable], None], Callable[[Hashable, KafkaError], None]], ProducerThread]
@@ -139,12 +143,12 @@ def build_handler(settings: Settings, sync_first: bool = False) -> HandlerParts:
     if sync_first:
         for line in _apply_topology(admin, registry, topology).lines():
             log.info("sync: %s", line)
-    _check_ready(settings, topology, admin, registry, engine)
+    writer_schemas = _check_ready(settings, topology, admin, registry, engine)
     producer_conf = kafka_producer_conf(settings)
     return HandlerParts(
         consumer=Consumer(kafka_consumer_conf(settings), logger=logging.getLogger("librdkafka.consumer")),
         make_producer=lambda delivered, failed: ProducerThread(producer_conf, delivered, failed),
-        codec=AvroCodec(registry.client, topology, settings.topics),
+        codec=AvroCodec(registry.client, topology, settings.topics, writer_schemas),
         service=CommandService(lambda: SqlAlchemyUnitOfWork(engine)),
         command_topic=settings.topics.commands,
         dead_letter_topic=settings.topics.dead_letter,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,15 @@ def _to_record(value: Any) -> dict[str, Any]:
 
 
 class AvroCodec:
-    def __init__(self, client: SchemaRegistryClient, topology: Topology, topics: Topics) -> None:
+    def __init__(
+        self,
+        client: SchemaRegistryClient,
+        topology: Topology,
+        topics: Topics,
+        writer_schemas: Mapping[str, str] | None = None,
+    ) -> None:
+        """``writer_schemas``: per subject, the registered text to write with (it means ours, see
+        ``SchemaRegistry.resolve``); a subject not given is written with our own text."""
         self.client = client
         self.command_topic = topics.commands
         strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
@@ -102,11 +111,14 @@ class AvroCodec:
             MoneyTransferFailed: topics.money_transfer_feedback,
             BalanceChanged: topics.balance_changed,
         }
+        writers = writer_schemas or {}
         self._serializers = {
             kind: AvroSerializer(
-                client, records[kind.__name__].schema_str, conf={"auto.register.schemas": False, **strategy}
+                client,
+                writers.get(f"{topic}-{records[kind.__name__].full_name}", records[kind.__name__].schema_str),
+                conf={"auto.register.schemas": False, **strategy},
             )
-            for kind in self._destinations
+            for kind, topic in self._destinations.items()
         }
         self._deserializers = {
             records[name].full_name: AvroDeserializer(client, records[name].schema_str, conf=strategy)

@@ -218,3 +218,39 @@ def test_ids_survive_a_registry_restart(services, unique: str) -> None:  # type:
             server.shutdown()
             server.server_close()
     assert ids[0] == ids[1]
+
+
+def test_lookups_compare_parsed_schemas_as_confluents_registry_does(client: SchemaRegistryClient, unique: str) -> None:
+    subject = f"meaning-{unique}"
+    fields = [{"name": "id", "type": {"type": "fixed", "name": "Uuid", "size": 16}}, {"name": "who", "type": "string"}]
+    text = json.dumps({"type": "record", "name": f"M{unique}", "namespace": "test", "fields": fields})
+    schema_id = client.register_schema(subject, Schema(text, "AVRO"))
+    parsed = json.loads(text)
+    parsed["fields"][0]["type"]["namespace"] = "test"  # redundant: the enclosing record's namespace
+    for alike in (json.dumps(parsed, indent=4), json.dumps(dict(reversed(list(json.loads(text).items()))))):
+        assert client.lookup_schema(subject, Schema(alike, "AVRO")).schema_id == schema_id
+        assert client.register_schema(subject, Schema(alike, "AVRO")) == schema_id
+    assert client.get_versions(subject) == [1]
+    # a custom property makes another schema, as in Confluent's registry; its text is kept as sent
+    java = text.replace('"type": "string"', '"type": {"type": "string", "avro.java.string": "String"}')
+    with pytest.raises(SchemaRegistryError) as err:
+        client.lookup_schema(subject, Schema(java, "AVRO"))
+    assert err.value.error_code == 40403
+    java_id = client.register_schema(subject, Schema(java, "AVRO"))
+    assert java_id != schema_id and client.get_versions(subject) == [1, 2]
+    assert "avro.java.string" in client.get_version(subject, 2).schema.schema_str
+
+
+def test_normalize_true_is_honoured(services, unique: str) -> None:  # type: ignore[no-untyped-def]
+    subject = f"normalized-{unique}"
+    text = json.dumps(
+        {"name": f"N{unique}", "type": "record", "namespace": "test", "fields": [{"type": "long", "name": "n"}]}
+    )
+    status, body = raw(
+        services, "POST", f"/subjects/{subject}/versions?normalize=true", json.dumps({"schema": text}).encode()
+    )
+    assert status == 200
+    status, again = raw(services, "POST", f"/subjects/{subject}?normalize=true", json.dumps({"schema": text}).encode())
+    assert status == 200 and again["id"] == body["id"]
+    stored = json.loads(again["schema"])
+    assert stored["name"] == f"test.N{unique}" and list(stored) == sorted(stored)  # full names, sorted keys

@@ -38,6 +38,7 @@ class Answer:
     received: float  # time.monotonic() when it arrived
     partition: int
     offset: int
+    schema_id: int  # the writer schema's id in the record's Confluent framing
 
 
 class BankClient:
@@ -61,15 +62,20 @@ class BankClient:
         self.watched_ibans: set[str] = set()
         self.watched_keys: set[bytes] = set()  # BalanceChanged keys (usernames) worth decoding
         self.topics = settings.topics
-        self.registry = SchemaRegistry(settings.registry).client
+        registry = SchemaRegistry(settings.registry)
+        self.registry = registry.client
         topology = load_topology(settings.topics.by_env())
         strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
-        self._serializers = {
-            name: AvroSerializer(
-                self.registry, topology.records[name].schema_str, conf={"auto.register.schemas": False, **strategy}
+        self._serializers = {}
+        for name in ("ConfirmAccountCreation", "ConfirmMoneyTransfer"):
+            ours = topology.records[name].schema_str
+            # written like the GraphQL endpoint writes them: with the registered version that means ours
+            registered = registry.resolve(f"{settings.topics.commands}-{topology.records[name].full_name}", ours)
+            self._serializers[name] = AvroSerializer(
+                self.registry,
+                registered.schema_str if registered else ours,
+                conf={"auto.register.schemas": False, **strategy},
             )
-            for name in ("ConfirmAccountCreation", "ConfirmMoneyTransfer")
-        }
         self._deserializer = AvroDeserializer(self.registry, conf=strategy)
         self._names: dict[int, str] = {}
         common = settings.kafka.common()
@@ -191,6 +197,7 @@ class BankClient:
                     time.monotonic(),
                     msg.partition() or 0,
                     msg.offset() or 0,
+                    int.from_bytes(value[1:5], "big"),
                 )
                 if self.on_answer is not None:
                     self.on_answer(topic, answer)

@@ -108,11 +108,13 @@ class Api:
 
     def register(self, subject: str, query: dict[str, list[str]], body: Any) -> dict[str, Any]:
         body = _schema_body(body)
-        return {"id": self.store.register(subject, body.get("schema"), body.get("schemaType", "AVRO"))}
+        schema_type = body.get("schemaType", "AVRO")
+        return {"id": self.store.register(subject, body.get("schema"), schema_type, _flag(query, "normalize"))}
 
     def lookup(self, subject: str, query: dict[str, list[str]], body: Any) -> dict[str, Any]:
         body = _schema_body(body)
-        return self.store.lookup(subject, body.get("schema"), _flag(query, "deleted")).to_json()
+        found = self.store.lookup(subject, body.get("schema"), _flag(query, "deleted"), _flag(query, "normalize"))
+        return found.to_json()
 
     def test_compatibility(self, subject: str, version: str, query: dict[str, list[str]], body: Any) -> Any:
         body = _schema_body(body)

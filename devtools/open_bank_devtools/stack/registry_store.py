@@ -1,9 +1,15 @@
 """State and rules of the local Schema Registry, kept in Postgres so ids survive a restart.
 
 Only what the Confluent clients use: schema ids shared across subjects (the same
-schema text gets the same id), versions per subject with soft and permanent
-delete, global and per-subject compatibility, and Avro compatibility checks
-done by the ``avro`` package's ReaderWriterCompatibilityChecker.
+schema gets the same id), versions per subject with soft and permanent delete,
+global and per-subject compatibility, and Avro compatibility checks done by the
+``avro`` package's ReaderWriterCompatibilityChecker.
+
+"The same schema" is meant as Confluent's registry means it: the parsed schemas
+are equal (Avro's ``Schema.equals`` with docs and aliases), so whitespace, key
+order and a redundant namespace do not matter, while custom properties such as
+``avro.java.string`` do. The text a client registers is kept as it was sent
+(compacted), or normalised when it asks for ``normalize=true``.
 """
 
 from __future__ import annotations
@@ -85,8 +91,59 @@ class Version:
         return body
 
 
-def parse_avro(schema_str: Any) -> tuple[str, avro.schema.Schema]:
-    """Validate an Avro schema; return its canonical text (compact JSON) and the parsed schema."""
+PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+NAMED = {"record", "error", "enum", "fixed"}
+
+
+def _full_name(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _identity(schema: Any, namespace: str | None) -> Any:
+    """The parsed schema as Confluent's registry compares it: every name a full name, keys sorted,
+    properties, docs, aliases and defaults kept."""
+    if isinstance(schema, str):
+        return schema if schema in PRIMITIVES else _full_name(schema, namespace)
+    if isinstance(schema, list):
+        return [_identity(branch, namespace) for branch in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    if isinstance(kind, dict | list):  # {"type": {...}} is that inner schema
+        return _identity(kind, namespace)
+    out = {k: v for k, v in schema.items() if k not in ("namespace", "name", "fields", "items", "values", "aliases")}
+    if kind in NAMED:
+        full = _full_name(str(schema.get("name", "")), schema.get("namespace", namespace))
+        inner = full.rpartition(".")[0] or None
+        out["name"] = full
+        if "aliases" in schema:
+            out["aliases"] = sorted(_full_name(a, inner) for a in schema["aliases"])
+        if "fields" in schema:
+            out["fields"] = [
+                {
+                    **{k: v for k, v in f.items() if k not in ("type", "order") or (k == "order" and v != "ascending")},
+                    "type": _identity(f.get("type"), inner),
+                }
+                for f in schema["fields"]
+            ]
+        return out
+    if kind == "array":
+        out["items"] = _identity(schema.get("items"), namespace)
+    elif kind == "map":
+        out["values"] = _identity(schema.get("values"), namespace)
+    elif kind in PRIMITIVES and set(out) == {"type"}:
+        return kind  # {"type": "string"} is "string"
+    return out
+
+
+def identity(schema_json: Any) -> str:
+    """A text equal for two schemas exactly when Confluent's registry takes them for the same schema."""
+    return json.dumps(_identity(schema_json, None), sort_keys=True, separators=(",", ":"))
+
+
+def parse_avro(schema_str: Any, normalize: bool = False) -> tuple[str, str, avro.schema.Schema]:
+    """Validate an Avro schema; return the text to store (compact JSON as sent, or normalised), its
+    identity (see ``identity``) and the parsed schema."""
     if not isinstance(schema_str, str) or not schema_str.strip():
         raise invalid_schema("'schema' must be a non-empty string")
     try:
@@ -94,7 +151,8 @@ def parse_avro(schema_str: Any) -> tuple[str, avro.schema.Schema]:
         parsed = avro.schema.parse(schema_str)
     except (ValueError, avro.errors.AvroException) as exc:
         raise invalid_schema(str(exc)) from exc
-    return json.dumps(as_json, separators=(",", ":")), parsed
+    same = identity(as_json)
+    return (same if normalize else json.dumps(as_json, separators=(",", ":"))), same, parsed
 
 
 def _compatible(reader: avro.schema.Schema, writer: avro.schema.Schema) -> list[str]:
@@ -129,6 +187,13 @@ class RegistryStore:
             conn.execute(text("SELECT pg_advisory_xact_lock(8081)"))
             for ddl in DDL:
                 conn.execute(text(ddl))
+            # fingerprints are of the schema's identity (older versions hashed the text): bring them up to date
+            for schema_id, schema in conn.execute(text("SELECT id, schema FROM sr_schema")).all():
+                fingerprint = hashlib.sha256(identity(json.loads(schema)).encode()).hexdigest()
+                conn.execute(
+                    text("UPDATE sr_schema SET fingerprint = :f WHERE id = :i AND fingerprint <> :f"),
+                    {"f": fingerprint, "i": schema_id},
+                )
 
     # -- reads ---------------------------------------------------------------
 
@@ -172,14 +237,14 @@ class RegistryStore:
             found = self._versions(conn, subject, deleted)
         return _pick_version(subject, found, version)
 
-    def lookup(self, subject: str, schema_str: Any, deleted: bool = False) -> Version:
-        canonical, _ = parse_avro(schema_str)
+    def lookup(self, subject: str, schema_str: Any, deleted: bool = False, normalize: bool = False) -> Version:
+        _, same, _ = parse_avro(schema_str, normalize)
         with self.engine.connect() as conn:
             found = self._versions(conn, subject, deleted)
         if not found:
             raise subject_not_found(subject)
         for v in found:
-            if v.schema == canonical:
+            if identity(json.loads(v.schema)) == same:
                 return v
         raise RegistryError(404, 40403, "Schema not found")
 
@@ -198,7 +263,7 @@ class RegistryStore:
         return str(level)
 
     def test_compatibility(self, subject: str, version: str, schema_str: Any) -> list[str]:
-        _, parsed = parse_avro(schema_str)
+        _, _, parsed = parse_avro(schema_str)
         with self.engine.connect() as conn:
             found = self._versions(conn, subject)
         old = _pick_version(subject, found, version)
@@ -226,17 +291,17 @@ class RegistryStore:
             conn.execute(text("DELETE FROM sr_config WHERE subject = :s"), {"s": subject})
         return level
 
-    def register(self, subject: str, schema_str: Any, schema_type: str = "AVRO") -> int:
+    def register(self, subject: str, schema_str: Any, schema_type: str = "AVRO", normalize: bool = False) -> int:
         if schema_type != "AVRO":
             raise invalid_schema(f"schemaType {schema_type!r} is not supported here, only AVRO")
-        canonical, parsed = parse_avro(schema_str)
-        fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+        stored, same, parsed = parse_avro(schema_str, normalize)
+        fingerprint = hashlib.sha256(same.encode()).hexdigest()
         level = self.compatibility(subject, default_to_global=True)
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(8081)"))  # one writer at a time
             live = self._versions(conn, subject)
             for v in live:
-                if v.schema == canonical:
+                if identity(json.loads(v.schema)) == same:
                     return v.schema_id
             problems = check_compatibility(level, parsed, [avro.schema.parse(v.schema) for v in live])
             if problems:
@@ -252,7 +317,7 @@ class RegistryStore:
             if schema_id is None:
                 schema_id = conn.execute(
                     text("INSERT INTO sr_schema (schema_type, fingerprint, schema) VALUES (:t, :f, :s) RETURNING id"),
-                    {"t": schema_type, "f": fingerprint, "s": canonical},
+                    {"t": schema_type, "f": fingerprint, "s": stored},
                 ).scalar_one()
             next_version = conn.execute(
                 text("SELECT coalesce(max(version), 0) + 1 FROM sr_subject_version WHERE subject = :s"),
