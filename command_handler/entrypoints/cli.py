@@ -52,7 +52,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         if args.downgrade:
             migrations.downgrade(db.url(), args.downgrade)
         else:
-            migrations.upgrade(db.url())
+            for step in migrations.upgrade_or_adopt(engine, db.url()):
+                print(f"database {db.display()}: {step}")
         after = migrations.current_revision(engine)
     finally:
         engine.dispose()
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "migrate",
-        help="upgrade the database schema to the latest revision (Alembic)",
+        help="upgrade the database schema to the latest revision (Alembic); adopts a reference database in place",
         epilog=variables_epilog("database", "general"),
         formatter_class=formatter,
     )
