@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -101,6 +101,13 @@ def _pairs(read: _Reader, var: Var) -> dict[str, str]:
     return result
 
 
+def _boolean(read: _Reader, var: Var) -> bool:
+    raw = read.raw(var).lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        read.errors.append(f"{var.name}={raw!r} must be true or false")
+    return raw in ("true", "1", "yes")
+
+
 def _url(read: _Reader, var: Var) -> str:
     value = _nonempty(read, var)
     parsed = urlparse(value.split(",")[0])
@@ -165,6 +172,30 @@ class KafkaSettings:
     ssl_key_password: str = setting(
         "KAFKA_SSL_KEY_PASSWORD", "", "password of the client key", group="kafka", secret=True
     )
+    ssl_keystore_location: str = setting(
+        "SSL_KEYSTORE_LOCATION",
+        "",
+        "the reference's Java keystore (JKS or PKCS#12) with the client key and certificate",
+        _file,
+        "kafka",
+    )
+    ssl_truststore_location: str = setting(
+        "SSL_TRUSTSTORE_LOCATION",
+        "",
+        "the reference's truststore (JKS or PKCS#12) with the brokers' CA",
+        _file,
+        "kafka",
+    )
+    ssl_password: str = setting(
+        "SSL_PASSWORD", "", "the reference's one password of both stores and the key", group="kafka", secret=True
+    )
+    ssl_verify_hostname: bool = setting(
+        "KAFKA_SSL_VERIFY_HOSTNAME",
+        "true",
+        "verify that the broker's certificate names the host connected to (the reference turns this off)",
+        _boolean,
+        "kafka",
+    )
     consumer_extra: dict[str, str] = setting(
         "KAFKA_CONSUMER_EXTRA", "", "extra librdkafka consumer settings, 'key=value;key=value'", _pairs, "kafka"
     )
@@ -172,10 +203,14 @@ class KafkaSettings:
         "KAFKA_PRODUCER_EXTRA", "", "extra librdkafka producer settings, 'key=value;key=value'", _pairs, "kafka"
     )
 
+    # librdkafka settings read from the Java keystores (PEM in memory), filled by load_settings
+    keystores: dict[str, str] = field(default_factory=dict, repr=False)
+
     @property
     def protocol(self) -> str:
         explicit = self.security_protocol.upper()
-        return explicit or ("SSL" if self.ssl_ca_location or self.ssl_certificate_location else "PLAINTEXT")
+        implied = self.ssl_ca_location or self.ssl_certificate_location or self.ssl_keystore_location
+        return explicit or ("SSL" if implied or self.ssl_truststore_location else "PLAINTEXT")
 
     @property
     def security(self) -> dict[str, str]:
@@ -189,6 +224,9 @@ class KafkaSettings:
         ):
             if value:
                 conf[option] = value
+        conf.update(self.keystores)
+        if self.protocol == "SSL":
+            conf["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_verify_hostname else "none"
         return conf
 
     def problems(self) -> list[str]:
@@ -197,7 +235,25 @@ class KafkaSettings:
             found.append(f"KAFKA_SECURITY_PROTOCOL={self.security_protocol!r} must be PLAINTEXT or SSL")
         if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
             found.append("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together")
+        if self.ssl_keystore_location and self.ssl_certificate_location:
+            found.append("SSL_KEYSTORE_LOCATION and KAFKA_SSL_CERTIFICATE_LOCATION: give the client key one way")
+        if self.ssl_truststore_location and self.ssl_ca_location:
+            found.append("SSL_TRUSTSTORE_LOCATION and KAFKA_SSL_CA_LOCATION: give the CA one way")
         return found
+
+    def read_keystores(self) -> tuple[KafkaSettings, list[str]]:
+        """These settings with the Java keystores read (see ``keystores``), and the problems found."""
+        from command_handler.keystores import KeystoreError, keystore_conf, truststore_conf
+
+        conf: dict[str, str] = {}
+        try:
+            if self.ssl_keystore_location:
+                conf |= keystore_conf(self.ssl_keystore_location, self.ssl_password)
+            if self.ssl_truststore_location:
+                conf |= truststore_conf(self.ssl_truststore_location, self.ssl_password)
+        except (KeystoreError, OSError) as err:
+            return self, [str(err)]
+        return replace(self, keystores=conf), []
 
     def common(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.brokers, "client.id": self.client_id, **self.security}
@@ -357,6 +413,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return {name: var.read(read, var) for name, var in declared}
 
     kafka = KafkaSettings(**values(_declared(KafkaSettings)))
+    if not read.errors:
+        kafka, problems = kafka.read_keystores()
+        read.errors += problems
     topics = Topics(**values(_topic_variables()))
     settings = Settings(
         kafka=kafka,

@@ -160,3 +160,61 @@ def test_without_a_client_certificate_the_handler_gives_up_clearly(tls_world: Wo
     assert "Kafka at 127.0.0.1:" in output and "no success within 3s" in output
     assert "Traceback" not in output
     assert KEY_PASSWORD not in output
+
+
+STORE_PASSWORD = "st0re-passw0rd"
+
+
+def make_keystores(certificates: Path, out: Path, kind: str) -> tuple[Path, Path]:
+    """The reference deployment's stores: the client key and certificate, and the CA, as JKS or PKCS#12."""
+    keytool = shutil.which("keytool")
+    if keytool is None:
+        pytest.fail("keytool (the JDK) is missing: scripts/setup.sh installs a JDK")
+    p12 = out / "client.p12"
+    subprocess.run(
+        ["openssl", "pkcs12", "-export", "-in", str(certificates / "client.pem"), "-inkey",
+         str(certificates / "client.key"), "-passin", f"pass:{KEY_PASSWORD}", "-out", str(p12),
+         "-passout", f"pass:{STORE_PASSWORD}", "-name", "client"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    store_type = {"jks": "JKS", "p12": "PKCS12"}[kind]
+    keystore, truststore = out / f"keystore.{kind}", out / f"truststore.{kind}"
+    if kind == "jks":
+        subprocess.run(
+            [keytool, "-importkeystore", "-noprompt", "-srckeystore", str(p12), "-srcstoretype", "PKCS12",
+             "-srcstorepass", STORE_PASSWORD, "-destkeystore", str(keystore), "-deststoretype", "JKS",
+             "-deststorepass", STORE_PASSWORD, "-destkeypass", STORE_PASSWORD],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    else:
+        shutil.copy(p12, keystore)
+    subprocess.run(
+        [keytool, "-importcert", "-noprompt", "-alias", "ca", "-file", str(certificates / "ca.pem"),
+         "-keystore", str(truststore), "-storetype", store_type, "-storepass", STORE_PASSWORD],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return keystore, truststore
+
+
+@pytest.mark.parametrize("kind", ["jks", "p12"])
+def test_the_reference_ssl_variables_connect_over_mutual_tls(tls_world: World, tmp_path: Path, kind: str) -> None:
+    certificates = Path(tls_world.env["KAFKA_SSL_CA_LOCATION"]).parent
+    keystore, truststore = make_keystores(certificates, tmp_path, kind)
+    reference = {
+        **{name: "" for name in ("KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION")},
+        "KAFKA_SSL_KEY_PASSWORD": "",
+        "SSL_KEYSTORE_LOCATION": str(keystore),
+        "SSL_TRUSTSTORE_LOCATION": str(truststore),
+        "SSL_PASSWORD": STORE_PASSWORD,
+        "KAFKA_SSL_VERIFY_HOSTNAME": "false",  # as the reference deployment has it
+    }
+    handler = HandlerProcess(tls_world, tmp_path, name=f"stores-{kind}", **reference).wait_ready()
+    client = BankClient(tls_world.settings)
+    try:
+        answer = client.wait_for(client.open_account(f"{kind}-user"))
+        assert answer.record == "AccountCreationConfirmed"
+    finally:
+        client.close()
+        assert handler.terminate() == 0
+    output = handler.output()
+    assert STORE_PASSWORD not in output and "PRIVATE KEY" not in output

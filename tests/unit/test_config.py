@@ -73,7 +73,10 @@ def test_ssl_settings_map_to_librdkafka(tmp_path) -> None:  # type: ignore[no-un
         "ssl.certificate.location": str(cert),
         "ssl.key.location": str(key),
         "ssl.key.password": "pw",
+        "ssl.endpoint.identification.algorithm": "https",
     }
+    unverified = load_settings({"KAFKA_SSL_CA_LOCATION": str(ca), "KAFKA_SSL_VERIFY_HOSTNAME": "false"})
+    assert unverified.kafka.security["ssl.endpoint.identification.algorithm"] == "none"
 
 
 def test_certificate_without_key_is_rejected(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -104,3 +107,11 @@ def test_database_tls_settings_reach_the_url(tmp_path) -> None:  # type: ignore[
     assert "p%40ss%2Fword@" in url  # special characters are quoted
     with pytest.raises(ConfigError, match="DB_SSLMODE"):
         load_settings({"DB_SSLMODE": "sometimes"})
+
+
+def test_an_unreadable_keystore_is_a_configuration_error_without_the_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "client.jks"
+    store.write_bytes(bytes.fromhex("feedfeed") + b"not really a keystore")
+    with pytest.raises(ConfigError) as err:
+        load_settings({"SSL_KEYSTORE_LOCATION": str(store), "SSL_PASSWORD": "s3cret-store"})
+    assert "SSL_KEYSTORE_LOCATION" in str(err.value) and "s3cret-store" not in str(err.value)

@@ -291,6 +291,9 @@ class LocalStack:
             ssl_ca_location="",
             ssl_certificate_location="",
             ssl_key_location="",
+            ssl_keystore_location="",
+            ssl_truststore_location="",
+            keystores={},
         )
 
     def _registry_answers(self) -> None:
