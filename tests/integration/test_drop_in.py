@@ -79,6 +79,10 @@ def test_sync_registers_nothing_and_the_handler_answers_with_the_reference_ids(
         assert deposit.record == "MoneyTransferConfirmed"
         pay = client.transfer("gus", opened.value["token"], 1_000, opened.value["iban"], "NL66OPEN0000000000", "out")
         assert client.wait_for(pay).record == "MoneyTransferConfirmed"
+        refused = client.wait_for(client.transfer("gus", "wrong", 1, opened.value["iban"], "NL66OPEN0000000000", "x"))
+        assert refused.record == "MoneyTransferFailed" and refused.value["reason"] == "invalid token"
+        nameless = client.wait_for(client.open_account(""))
+        assert nameless.record == "AccountCreationFailed"
         events = client.wait_events(opened.value["iban"], 2)
         assert [e.value["new_balance"] for e in events] == [4_000, 3_000]
         topics = world.settings.topics
@@ -86,6 +90,8 @@ def test_sync_registers_nothing_and_the_handler_answers_with_the_reference_ids(
             f"{topics.account_creation_feedback}-nl.openweb.data.AccountCreationConfirmed": opened.schema_id,
             f"{topics.money_transfer_feedback}-nl.openweb.data.MoneyTransferConfirmed": deposit.schema_id,
             f"{topics.balance_changed}-nl.openweb.data.BalanceChanged": events[0].schema_id,
+            f"{topics.money_transfer_feedback}-nl.openweb.data.MoneyTransferFailed": refused.schema_id,
+            f"{topics.account_creation_feedback}-nl.openweb.data.AccountCreationFailed": nameless.schema_id,
         }
         for subject, schema_id in written.items():
             assert schema_id == registered[subject], subject
