@@ -19,6 +19,7 @@ from command_handler.adapters.avro_codec import AvroCodec
 from command_handler.adapters.database import make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.adapters.kafka_producer import ProducerThread
+from command_handler.adapters.metrics import Metrics
 from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.adapters.schema_version import database_revision, expected_head
 from command_handler.adapters.unit_of_work import SqlAlchemyUnitOfWork
@@ -64,7 +65,7 @@ def _apply_topology(admin: KafkaAdmin, registry: SchemaRegistry, topology: Topol
     return report
 
 
-def kafka_consumer_conf(settings: Settings) -> dict[str, Any]:
+def kafka_consumer_conf(settings: Settings, metrics: Metrics | None = None) -> dict[str, Any]:
     k = settings.kafka
     return {
         **k.common(),
@@ -74,6 +75,11 @@ def kafka_consumer_conf(settings: Settings) -> dict[str, Any]:
         "fetch.wait.max.ms": k.fetch_wait_max_ms,
         # prefetch at most 8 MiB (librdkafka's default is 64 MiB): far more than a second of commands
         "queued.max.messages.kbytes": 8192,
+        **(
+            {"statistics.interval.ms": 5000, "stats_cb": metrics.on_statistics(settings.topics.commands)}
+            if metrics
+            else {}
+        ),
         **k.consumer_extra,
         # manual offsets, whatever the extras say: nothing is committed before its outputs were acknowledged
         "enable.auto.commit": False,
@@ -131,9 +137,10 @@ class HandlerParts:
     dead_letter_topic: str
     batch_size: int
     stats_interval_s: float
+    metrics: Metrics
 
 
-def build_handler(settings: Settings, sync_first: bool = False) -> HandlerParts:
+def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics | None = None) -> HandlerParts:
     """Wait for every service (bounded), check the database and topology, and wire the handler."""
     topology = topology_for(settings)
     admin, registry = _wait_for_kafka_and_registry(settings)
@@ -145,13 +152,16 @@ def build_handler(settings: Settings, sync_first: bool = False) -> HandlerParts:
             log.info("sync: %s", line)
     writer_schemas = _check_ready(settings, topology, admin, registry, engine)
     producer_conf = kafka_producer_conf(settings)
+    metrics = metrics or Metrics()
+    on_conflict = metrics.db_retries.labels(kind="conflict").inc
     return HandlerParts(
-        consumer=Consumer(kafka_consumer_conf(settings), logger=logging.getLogger("librdkafka.consumer")),
+        consumer=Consumer(kafka_consumer_conf(settings, metrics), logger=logging.getLogger("librdkafka.consumer")),
         make_producer=lambda delivered, failed: ProducerThread(producer_conf, delivered, failed),
         codec=AvroCodec(registry.client, topology, settings.topics, writer_schemas),
-        service=CommandService(lambda: SqlAlchemyUnitOfWork(engine)),
+        service=CommandService(lambda: SqlAlchemyUnitOfWork(engine), on_conflict=on_conflict),
         command_topic=settings.topics.commands,
         dead_letter_topic=settings.topics.dead_letter,
         batch_size=settings.batch_size,
         stats_interval_s=settings.stats_interval_s,
+        metrics=metrics,
     )

@@ -42,7 +42,12 @@ COMMAND_RECORDS = ("ConfirmAccountCreation", "ConfirmMoneyTransfer")
 
 
 class PoisonMessage(Exception):
-    """A message that can never become a command; it is set aside (dead-letter topic)."""
+    """A message that can never become a command; it is set aside (dead-letter topic).
+    ``kind`` names the class of problem in a few fixed words (a metric label)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class RegistryUnavailable(Unavailable):
@@ -66,9 +71,9 @@ def _registry_failure(err: BaseException, what: str) -> Exception:
     if isinstance(err, SchemaRegistryError):
         status = err.http_status_code
         if status == 404:
-            return PoisonMessage(f"unknown {what}")
+            return PoisonMessage(f"unknown {what}", "unknown-schema")
         if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
-            return PoisonMessage(f"{what} refused by the registry: {err}")
+            return PoisonMessage(f"{what} refused by the registry: {err}", "unknown-schema")
     if _is_registry_error(err):
         return RegistryUnavailable(f"{type(err).__name__}: {err}")
     raise err
@@ -141,7 +146,7 @@ class AvroCodec:
         try:
             parsed = json.loads(schema.schema_str or "")
         except ValueError as err:
-            raise PoisonMessage(f"schema id {schema_id} is not an Avro record schema") from err
+            raise PoisonMessage(f"schema id {schema_id} is not an Avro record schema", "not-a-command") from err
         name = _full_name(parsed) if isinstance(parsed, dict) else str(parsed)
         with self._lock:
             self._names[schema_id] = name
@@ -149,22 +154,22 @@ class AvroCodec:
 
     def decode_command(self, value: bytes | None) -> Command:
         if value is None:
-            raise PoisonMessage("null value")
+            raise PoisonMessage("null value", "null-value")
         if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
-            raise PoisonMessage("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)")
+            raise PoisonMessage("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)", "not-avro")
         schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
         name = self._record_name(schema_id)
         deserializer = self._deserializers.get(name)
         if deserializer is None:
-            raise PoisonMessage(f"{name} (schema id {schema_id}) is not a command record")
+            raise PoisonMessage(f"{name} (schema id {schema_id}) is not a command record", "not-a-command")
         try:
             record = deserializer(value, SerializationContext(self.command_topic, MessageField.VALUE))
         except Exception as err:
             if _is_registry_error(err):
                 raise _registry_failure(err, f"schema id {schema_id}") from err
-            raise PoisonMessage(f"cannot decode {name}: {type(err).__name__}: {err}") from err
+            raise PoisonMessage(f"cannot decode {name}: {type(err).__name__}: {err}", "undecodable") from err
         if not isinstance(record, dict):
-            raise PoisonMessage(f"cannot decode {name}: no record")
+            raise PoisonMessage(f"cannot decode {name}: no record", "undecodable")
         command_id = uuid.UUID(bytes=record["id"])
         if name.endswith(".ConfirmAccountCreation"):
             return ConfirmAccountCreation(command_id, record["username"])

@@ -1,4 +1,4 @@
-"""A tiny HTTP health endpoint for container platforms: /health/live and /health/ready."""
+"""A tiny HTTP endpoint for container platforms: /health/live, /health/ready and the Prometheus /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from command_handler.adapters.metrics import CONTENT_TYPE, Metrics
 
 
 class Health:
@@ -28,9 +30,19 @@ class Health:
         return {"live": self.live(), "ready": self.ready and self.live(), "state": self.reason}
 
 
-def serve_health(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve_health(
+    health: Health, port: int, host: str = "0.0.0.0", metrics: Metrics | None = None
+) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/metrics" and metrics is not None:
+                exposition = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(exposition)))
+                self.end_headers()
+                self.wfile.write(exposition)
+                return
             report = health.report()
             ok = {"/health/live": report["live"], "/health/ready": report["ready"]}.get(self.path)
             status = 404 if ok is None else (200 if ok else 503)

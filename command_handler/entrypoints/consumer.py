@@ -70,6 +70,9 @@ class HandlerLoop:
         self.health = health
         self.stats = Stats()
         self.stats_interval_s = parts.stats_interval_s
+        self.metrics = parts.metrics
+        self.metrics.watch_queue(self.producer.queued)
+        self._queued_at: dict[Hashable, float] = {}  # command outputs awaiting the broker: when they were queued
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._closing = False
@@ -85,6 +88,9 @@ class HandlerLoop:
     def _delivered(self, token: Hashable) -> None:
         assert isinstance(token, tuple)
         self.tracker.done(token[0], token[1])
+        queued = self._queued_at.pop(token, None)
+        if queued is not None:
+            self.metrics.delivery_seconds.observe(time.monotonic() - queued)
 
     def _delivery_failed(self, token: Hashable, err: KafkaError) -> None:
         self.fatal = f"the broker did not accept an output of {token}: {err}"
@@ -118,6 +124,7 @@ class HandlerLoop:
         """No longer ours: forget what was in flight there (another handler will redo it)."""
         self.tracker.forget(tps)
         self._assigned -= tps
+        self.metrics.forget_partitions([p for _, p in tps])
 
     # -- the loop -------------------------------------------------------------
 
@@ -151,6 +158,7 @@ class HandlerLoop:
         return [first, *rest]
 
     def _process(self, messages: list[Message]) -> None:
+        started = time.monotonic()
         work: list[tuple[Message, Command]] = []
         for msg in messages:
             error = msg.error()
@@ -162,7 +170,7 @@ class HandlerLoop:
             try:
                 command = self._until_available(partial(self.codec.decode_command, msg.value()), "decoding")
             except PoisonMessage as poison:
-                self._dead_letter(msg, str(poison))
+                self._dead_letter(msg, str(poison), poison.kind)
                 continue
             if command is None:
                 return  # stopping: what was not handled stays uncommitted and comes back
@@ -176,11 +184,17 @@ class HandlerLoop:
             return
         self.stats.batches += 1
         self.stats.commands += len(work)
+        self.metrics.batch_size.observe(len(work))
         for (msg, command), result in zip(work, results, strict=True):
+            kind = type(command).__name__
             if isinstance(result, Rejected):
-                self._dead_letter(msg, f"refused by the database: {result}")
+                self.metrics.commands.labels(type=kind, outcome="refused").inc()
+                self._dead_letter(msg, f"refused by the database: {result}", "refused-by-database")
                 continue
+            outcome = "failed" if result.reason is not None else "confirmed"
+            self.metrics.commands.labels(type=kind, outcome=outcome).inc()
             self._send(msg, command, result)
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
 
     def _send(self, msg: Message, command: Command, outcome: Outcome) -> None:
         messages = self._until_available(lambda: self.codec.encode(msg.key(), outcome), "encoding")
@@ -196,10 +210,13 @@ class HandlerLoop:
                 msg.offset(),
                 outcome.feedback,
             )
-        self.producer.send(messages, origin(msg))
+        token = origin(msg)
+        self._queued_at[token] = time.monotonic()
+        self.producer.send(messages, token)
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str, kind: str) -> None:
         self.stats.dead_lettered += 1
+        self.metrics.dead_letters.labels(reason=kind).inc()
         (topic, partition), offset = origin(msg)
         log.error("set aside %s/%d@%d to %s: %s", topic, partition, offset, self.dead_letter_topic, reason)
         self.producer.send([dead_letter(self.dead_letter_topic, msg, reason)], origin(msg))
@@ -212,6 +229,8 @@ class HandlerLoop:
                 return attempt()
             except (Unavailable, Conflict) as err:
                 self.health.reason = f"{what}: waiting for {type(err).__name__}"
+                if what == "database":
+                    self.metrics.db_retries.labels(kind=type(err).__name__.lower()).inc()
                 log.warning("%s: %s; retrying in %.1fs", what, err, delay)
                 if self.stopping.wait(delay):
                     return None

@@ -42,10 +42,12 @@ class CommandService:
         uow_factory: Callable[[], UnitOfWork],
         iban_source: Callable[[], str] = new_iban,
         token_source: Callable[[], str] = new_token,
+        on_conflict: Callable[[], None] = lambda: None,
     ) -> None:
         self.uow_factory = uow_factory
         self.iban_source = iban_source
         self.token_source = token_source
+        self.on_conflict = on_conflict  # told of every conflict retried (a metric)
 
     def handle(self, commands: Sequence[Command], sources: Sequence[Source | None] | None = None) -> list[Outcome]:
         """Handle a batch in one transaction, retrying deadlocks and serialization failures.
@@ -66,6 +68,7 @@ class CommandService:
             except Conflict as err:
                 if attempt == MAX_CONFLICT_RETRIES:
                     raise
+                self.on_conflict()
                 log.info("transaction conflict (%s), retry %d of the batch of %d", err, attempt, len(commands))
                 time.sleep(random.uniform(0, 0.005 * attempt))
         raise AssertionError("unreachable")

@@ -1,5 +1,6 @@
 """The handler as a process, against the real broker, registry and Postgres: the contract row by row."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -299,3 +300,52 @@ def test_health_and_refusal_without_sync(world: World, tmp_path: Path) -> None:
     )
     assert unsynced.wait(60) == 1
     assert "topics missing" in unsynced.output() and "command-handler sync" in unsynced.output()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at /metrics: (name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_move_with_what_the_handler_does(client: BankClient, handler: HandlerProcess) -> None:
+    def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+        return float(samples.get((name, tuple(sorted(labels.items()))), 0.0))
+
+    before = scrape(handler.health_port)
+    opened = client.wait_for(client.open_account("mia")).value
+    refused = client.transfer("mia", "wrong-token", 1, opened["iban"], BANK_IBAN, "no")
+    assert client.wait_for(refused).record == "MoneyTransferFailed"
+    client.send_raw(b"mia", b"not avro at all")
+    client.flush()
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(handler.health_port)
+        lag_seen = any(name == "open_bank_consumer_lag" for name, _ in after)
+        moved = value(after, "open_bank_dead_letters_total", reason="not-avro") > value(
+            before, "open_bank_dead_letters_total", reason="not-avro"
+        )
+        if (moved and lag_seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert moved, "the dead letter was counted"
+    assert lag_seen, "the consumer lag of the assigned partitions is reported (librdkafka statistics)"
+    for name, labels in (
+        ("open_bank_commands_total", {"type": "ConfirmAccountCreation", "outcome": "confirmed"}),
+        ("open_bank_commands_total", {"type": "ConfirmMoneyTransfer", "outcome": "failed"}),
+        ("open_bank_batch_size_count", {}),
+        ("open_bank_batch_seconds_count", {}),
+        ("open_bank_delivery_seconds_count", {}),
+    ):
+        assert value(after, name, **labels) > value(before, name, **labels), (name, labels)
+    assert ("open_bank_producer_queue_depth", ()) in after
