@@ -355,6 +355,9 @@ class Settings:
     log_level: str = setting(
         "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", _choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)
     )
+    log_format: str = setting(
+        "LOG_FORMAT", "text", "text, or json for one JSON object per line", _choice("text", "json")
+    )
     startup_timeout_s: int = setting(
         "STARTUP_TIMEOUT_S", "60", "how long to wait for the broker, registry and database at start", _number(1, 3600)
     )

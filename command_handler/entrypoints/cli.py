@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
@@ -21,13 +23,30 @@ EXIT_CONFIG = 2
 TOOLS_GROUP = "command_handler.subcommands"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    if log_format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     quiet = max(logging.WARNING, logging.getLevelName(level))
     for noisy in ("alembic", "httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(quiet)
@@ -93,13 +112,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     limit_malloc_arenas()
 
     from command_handler.adapters.health import Health, serve_health
+    from command_handler.adapters.metrics import Metrics
     from command_handler.bootstrap import build_handler
     from command_handler.entrypoints.consumer import HandlerLoop
 
-    health = Health()
+    health, metrics = Health(), Metrics()
     if settings.health_port:
-        serve_health(health, settings.health_port)
-        log.info("health endpoint on port %d: /health/live, /health/ready", settings.health_port)
+        serve_health(health, settings.health_port, metrics=metrics)
+        log.info("health endpoint on port %d: /health/live, /health/ready, /metrics", settings.health_port)
     log.info(
         "starting: kafka %s, registry %s, database %s, group %s",
         settings.kafka.brokers,
@@ -107,10 +127,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings.database.display(),
         settings.kafka.group_id,
     )
-    loop = HandlerLoop(build_handler(settings, sync_first=args.sync), health)
+    # Signal handlers come first: during the start-up wait a SIGTERM ends the process at once (as PID 1
+    # in a container, a signal without a handler would be ignored); once the loop runs, it drains and stops.
+    running: list[HandlerLoop] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if running:
+            running[0].request_stop(name)
+        else:
+            raise StartupInterrupted(name)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, f: loop.request_stop(signal.Signals(s).name))
-    return loop.run()
+        signal.signal(signum, on_signal)
+    try:
+        running.append(HandlerLoop(build_handler(settings, sync_first=args.sync, metrics=metrics), health))
+    except StartupInterrupted as stop:
+        log.info("stopped during start-up (%s)", stop)
+        return 0
+    return running[0].run()
+
+
+class StartupInterrupted(Exception):
+    """SIGTERM or SIGINT arrived while the handler was still waiting for its services."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"command-handler: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
     try:
         return func(args, settings)
