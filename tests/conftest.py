@@ -18,7 +18,9 @@ The tests always use their own databases (``TEST_DB_NAME``, default
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -76,6 +78,16 @@ def stack_config_on_free_ports(directory: Path, broker: str = TEST_BROKER, own_p
     )
 
 
+STACK_ROOT = Path(tempfile.mkdtemp(prefix="open-bank-tests-"))
+
+
+def stack_directory(name: str) -> Path:
+    """A folder for a stack of the tests, outside pytest's own temporary root: pytest takes group and
+    other permissions off that root at the start of every session (any other pytest run of the same
+    user too), which would lock the stack's PostgreSQL, running as its own user, out of its files."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=STACK_ROOT))
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     env = _base_env()
@@ -86,7 +98,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         env.update(KAFKA_BROKERS=external_kafka, SCHEMA_REGISTRY_URL=external_registry)
     else:
         own_postgres = os.environ.get("TEST_POSTGRES", "own") != "external"
-        config = stack_config_on_free_ports(Path(tmp_path_factory.mktemp("stack")), own_postgres=own_postgres)
+        config = stack_config_on_free_ports(stack_directory("stack"), own_postgres=own_postgres)
         stack = LocalStack(config, load_settings(env), out=lambda line: print(f"[stack] {line}"))
         if not own_postgres:
             drop_database(stack.database.admin_url, TEST_REGISTRY_DB)
@@ -99,9 +111,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         if stack is not None:
             stack.down()
-        leftovers = processes_under(Path(tmp_path_factory.getbasetemp()))
+        leftovers = processes_under(Path(tmp_path_factory.getbasetemp())) | processes_under(STACK_ROOT)
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(STACK_ROOT, ignore_errors=True)
         assert not leftovers, f"processes started by the tests outlived them: {leftovers}"
 
 

@@ -24,7 +24,7 @@ from command_handler.service_layer.synchronizer import SyncError
 from command_handler.topology import load_topology
 from open_bank_devtools.stack.local_stack import LocalStack, StackError
 
-from ..conftest import Services, free_port, processes_under, stack_config_on_free_ports
+from ..conftest import Services, free_port, processes_under, stack_config_on_free_ports, stack_directory
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +66,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def own_stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def own_stack(services: Services) -> Iterator[dict[str, str]]:
     """A stack of this module's own (broker, registry, PostgreSQL), driven through the CLI: the environment to reach it."""
     if services.stack is None:
         pytest.skip("external services: the local stack is not used")
-    directory = tmp_path_factory.mktemp("own-stack")
+    directory = stack_directory("own-stack")
     env = {
         **services.env,
         "STACK_DIR": str(directory),
@@ -209,7 +209,8 @@ def test_sync_gives_up_on_an_unreachable_broker_with_a_clear_message(services: S
     assert f"Kafka at {dead}" in result.stdout and "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_taken_port_is_a_clear_error_and_down_stops_everything(services: Services, tmp_path: Path) -> None:
+def test_a_taken_port_is_a_clear_error_and_down_stops_everything(services: Services) -> None:
+    tmp_path = stack_directory("taken-port")
     if services.stack is None:
         pytest.skip("external services")
     blocker = socket.socket()

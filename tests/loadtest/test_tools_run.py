@@ -15,7 +15,7 @@ import pytest
 
 from open_bank_devtools.loadtest.latency import COLUMNS, LatencyConfig
 
-from ..conftest import TEST_BROKER, Services, free_port
+from ..conftest import TEST_BROKER, Services, free_port, stack_directory
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
     env = {
         **os.environ,
         "RESULTS_DIR": str(results),
-        "LATENCY_STACK_DIR": str(tmp_path / "stack"),
+        "LATENCY_STACK_DIR": str(stack_directory("latency")),
         "LATENCY_BROKER_PORT": str(free_port()),
         "LATENCY_CONTROLLER_PORT": str(free_port()),
         "LATENCY_REGISTRY_PORT": str(free_port()),
