@@ -54,7 +54,7 @@ def _wait_for_kafka_and_registry(settings: Settings) -> tuple[KafkaAdmin, Schema
     log.info("kafka at %s answers (%d brokers)", settings.kafka.brokers, brokers)
     registry = SchemaRegistry(settings.registry)
     registry.wait_ready(settings.startup_timeout_s)
-    log.info("schema registry at %s answers", settings.registry.url)
+    log.info("schema registry at %s answers", settings.registry.display())
     return admin, registry
 
 
@@ -91,10 +91,10 @@ def kafka_producer_conf(settings: Settings) -> dict[str, Any]:
     k = settings.kafka
     return {
         **k.common(),
+        "linger.ms": k.linger_ms,
+        **k.producer_extra,  # may not set acks or idempotence (see KafkaSettings.problems)
         "acks": "all",
         "enable.idempotence": True,
-        "linger.ms": k.linger_ms,
-        **k.producer_extra,
     }
 
 

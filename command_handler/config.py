@@ -130,9 +130,16 @@ def setting(
     read: Callable[[_Reader, Var], Any] = _text,
     group: str = "general",
     secret: bool = False,
+    shown: bool = True,
 ) -> Any:
-    """A settings field filled from the environment variable ``name``."""
-    return field(repr=not secret, metadata={"var": Var(name, default, help, read, secret, group)})
+    """A settings field filled from the environment variable ``name``; a secret one (or one that may hold
+    credentials, ``shown=False``) stays out of the settings' repr."""
+    return field(repr=shown and not secret, metadata={"var": Var(name, default, help, read, secret, group)})
+
+
+# Client settings the guarantees rest on: the extras may not change them.
+PRODUCER_FIXED = ("acks", "enable.idempotence", "max.in.flight.requests.per.connection", "transactional.id")
+CONSUMER_FIXED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "isolation.level")
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,15 @@ class KafkaSettings:
             found.append("SSL_KEYSTORE_LOCATION and KAFKA_SSL_CERTIFICATE_LOCATION: give the client key one way")
         if self.ssl_truststore_location and self.ssl_ca_location:
             found.append("SSL_TRUSTSTORE_LOCATION and KAFKA_SSL_CA_LOCATION: give the CA one way")
+        for name, extra, fixed in (
+            ("KAFKA_PRODUCER_EXTRA", self.producer_extra, PRODUCER_FIXED),
+            ("KAFKA_CONSUMER_EXTRA", self.consumer_extra, CONSUMER_FIXED),
+        ):
+            overridden = sorted(set(extra) & set(fixed))
+            if overridden:
+                found.append(
+                    f"{name} may not set {', '.join(overridden)}: the handler's delivery guarantees rest on them"
+                )
         return found
 
     def read_keystores(self) -> tuple[KafkaSettings, list[str]]:
@@ -278,10 +294,25 @@ class Topics:
         return [] if len(set(names)) == len(names) else [f"topic names must differ, got {names}"]
 
 
+REGISTRY_TIMEOUT_S = 10
+
+
+def _without_userinfo(url: str) -> str:
+    parsed = urlparse(url.strip())
+    if parsed.username is None and parsed.password is None:
+        return url.strip()
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     url: str = setting(
-        "SCHEMA_REGISTRY_URL", "http://localhost:8081", "Schema Registry URL (http or https)", _url, "registry"
+        "SCHEMA_REGISTRY_URL",
+        "http://localhost:8081",
+        "Schema Registry URL (http or https)",
+        _url,
+        "registry",
+        shown=False,  # it may hold user:password@; display() is what logs show
     )
     basic_auth: str = setting(
         "SCHEMA_REGISTRY_BASIC_AUTH",
@@ -295,8 +326,13 @@ class RegistrySettings:
         "SCHEMA_REGISTRY_CA_LOCATION", "", "PEM CA file to verify an https registry", _file, "registry"
     )
 
+    def display(self) -> str:
+        """The URL for log lines: without a user and password written into it."""
+        return ",".join(_without_userinfo(u) for u in self.url.split(","))
+
     def client_conf(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"url": self.url}
+        # a registry that accepts a connection and never answers must not hang the handler
+        conf: dict[str, Any] = {"url": self.url, "timeout": REGISTRY_TIMEOUT_S}
         if self.basic_auth:
             conf["basic.auth.user.info"] = self.basic_auth
         if self.ca_location:
@@ -323,6 +359,20 @@ class DatabaseSettings:
     )
     sslrootcert: str = setting(
         "DB_SSLROOTCERT", "", "PEM root certificate for verify-ca / verify-full", _file, "database"
+    )
+    statement_timeout_ms: int = setting(
+        "DB_STATEMENT_TIMEOUT_MS",
+        "30000",
+        "longest a statement of the handler may run before it is cancelled and retried later",
+        _number(100, 3_600_000),
+        "database",
+    )
+    lock_timeout_ms: int = setting(
+        "DB_LOCK_TIMEOUT_MS",
+        "10000",
+        "longest the handler waits for a row lock before its batch is retried later",
+        _number(100, 3_600_000),
+        "database",
     )
     admin_url: str = setting(
         "DB_ADMIN_URL",
@@ -363,6 +413,13 @@ class Settings:
     )
     batch_size: int = setting(
         "HANDLER_BATCH_SIZE", "500", "most commands handled in one database transaction", _number(1, 10_000), "handler"
+    )
+    health_host: str = setting(
+        "HEALTH_HOST",
+        "127.0.0.1",
+        "address the health endpoint listens on (the image sets 0.0.0.0 for the platform's probes)",
+        _nonempty,
+        "handler",
     )
     health_port: int = setting(
         "HEALTH_PORT",

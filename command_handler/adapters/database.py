@@ -16,7 +16,18 @@ def make_engine(db: DatabaseSettings, pool_size: int = 4) -> Engine:
         pool_size=pool_size,
         max_overflow=2,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 5, "application_name": "command-handler"},
+        connect_args={
+            "connect_timeout": 5,
+            "application_name": "command-handler",
+            # a hung server or a held lock must not block the consumer thread for ever: the statement
+            # fails, the batch is retried later, and the handler reports not-ready meanwhile
+            "options": f"-c statement_timeout={db.statement_timeout_ms} -c lock_timeout={db.lock_timeout_ms}",
+            # a dead peer (a failover, a cut network) is noticed in about 25 s, not after hours
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        },
     )
 
 

@@ -51,7 +51,7 @@ def canonical_form(schema_str: str) -> str:
 
 class SchemaRegistry:
     def __init__(self, settings: RegistrySettings) -> None:
-        self.url = settings.url
+        self.url = settings.display()  # for messages: never the credentials of the URL
         self.client = SchemaRegistryClient(settings.client_conf())
 
     def wait_ready(self, timeout_s: float) -> None:

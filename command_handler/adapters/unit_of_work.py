@@ -19,8 +19,11 @@ from command_handler.adapters.ledger import PostgresLedger
 from command_handler.errors import Conflict, InfrastructureError, Rejected, Unavailable
 
 CONFLICT_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
-# connection exceptions, insufficient resources, operator intervention (e.g. shutdown), system errors
-UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+# Only what the input itself causes is refused for good: data exceptions (a value the column cannot
+# hold) and integrity violations. Everything else may heal and is waited for: a read-only standby
+# after a failover (25006), a revoked privilege (42501), a half-applied migration (42P01), a lock or
+# statement timeout (55P03, 57014), connection failures, a server shutting down, resources.
+REJECTED_CLASSES = ("22", "23")
 
 
 def classify(exc: BaseException) -> InfrastructureError | None:
@@ -33,9 +36,9 @@ def classify(exc: BaseException) -> InfrastructureError | None:
     summary = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     if sqlstate in CONFLICT_STATES:
         return Conflict(summary)
-    if exc.connection_invalidated or not sqlstate or sqlstate.startswith(UNAVAILABLE_CLASSES):
-        return Unavailable(summary)
-    return Rejected(f"{sqlstate}: {summary}")
+    if sqlstate.startswith(REJECTED_CLASSES) and not exc.connection_invalidated:
+        return Rejected(f"{sqlstate}: {summary}")
+    return Unavailable(f"{sqlstate or 'no SQLSTATE'}: {summary}")
 
 
 class SqlAlchemyUnitOfWork:

@@ -32,6 +32,8 @@ BOTH_UNKNOWN = "both to and from not known at this bank"
 IBAN_EXISTS = "generated iban already exists, try again"
 # Reasons of the fixes.
 AMOUNT_NOT_POSITIVE = "amount must be a positive number of cents"
+BALANCE_OVERFLOW = "the receiving balance would exceed the largest amount an account can hold"
+MAX_BALANCE = 2**63 - 1  # the balance column is a bigint
 TO_INVALID = "to is invalid"
 USERNAME_EMPTY = "username can't be empty"
 
@@ -99,16 +101,19 @@ def decide_transfer(cmd: ConfirmMoneyTransfer, accounts: dict[str, Account]) -> 
 
     source = accounts.get(cmd.from_) if cmd.from_ != CASH else None
     target = accounts.get(cmd.to)
-    events: list[BalanceChanged] = []
     if source is not None:
         if cmd.token != source.token:
             return fail(INVALID_TOKEN)
         if source.amount - cmd.amount < source.lmt:
             return fail(INSUFFICIENT_FUNDS)
-        source.amount -= cmd.amount
-        events.append(BalanceChanged(source.username, source.iban, source.amount, -cmd.amount, cmd.to, cmd.description))
     elif target is None:
         return fail(BOTH_UNKNOWN)
+    if target is not None and target.amount > MAX_BALANCE - cmd.amount:
+        return fail(BALANCE_OVERFLOW)  # fix: the database could not hold it; answered, not dead-lettered
+    events: list[BalanceChanged] = []
+    if source is not None:
+        source.amount -= cmd.amount
+        events.append(BalanceChanged(source.username, source.iban, source.amount, -cmd.amount, cmd.to, cmd.description))
     if target is not None:
         target.amount += cmd.amount
         events.append(

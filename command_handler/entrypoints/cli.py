@@ -118,12 +118,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     health, metrics = Health(), Metrics()
     if settings.health_port:
-        serve_health(health, settings.health_port, metrics=metrics)
-        log.info("health endpoint on port %d: /health/live, /health/ready, /metrics", settings.health_port)
+        serve_health(health, settings.health_port, settings.health_host, metrics)
+        log.info(
+            "health endpoint on %s:%d: /health/live, /health/ready, /metrics",
+            settings.health_host,
+            settings.health_port,
+        )
     log.info(
         "starting: kafka %s, registry %s, database %s, group %s",
         settings.kafka.brokers,
-        settings.registry.url,
+        settings.registry.display(),
         settings.database.display(),
         settings.kafka.group_id,
     )

@@ -200,15 +200,17 @@ class HandlerLoop:
         messages = self._until_available(lambda: self.codec.encode(msg.key(), outcome), "encoding")
         if messages is None:
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(logging.DEBUG):  # never the token or the account's IBAN: what happened, not the secrets
             log.debug(
-                "%s %s at %s/%d@%d -> %s",
+                "%s %s at %s/%d@%d -> %s%s, %d events",
                 type(command).__name__,
                 command.id,
                 msg.topic(),
                 msg.partition(),
                 msg.offset(),
-                outcome.feedback,
+                type(outcome.feedback).__name__,
+                f" ({outcome.reason})" if outcome.reason else "",
+                len(outcome.events),
             )
         token = origin(msg)
         self._queued_at[token] = time.monotonic()
@@ -222,13 +224,17 @@ class HandlerLoop:
         self.producer.send([dead_letter(self.dead_letter_topic, msg, reason)], origin(msg))
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
-        """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping."""
+        """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping.
+        Meanwhile the handler reports not-ready, saying what it waits for, and stays in its group."""
         delay = 0.1
+        waited = False
         while True:
             try:
-                return attempt()
+                result = attempt()
             except (Unavailable, Conflict) as err:
-                self.health.reason = f"{what}: waiting for {type(err).__name__}"
+                waited = True
+                self.health.ready = False
+                self.health.reason = f"{what}: waiting ({type(err).__name__}: {str(err)[:200]})"
                 if what == "database":
                     self.metrics.db_retries.labels(kind=type(err).__name__.lower()).inc()
                 log.warning("%s: %s; retrying in %.1fs", what, err, delay)
@@ -236,6 +242,13 @@ class HandlerLoop:
                     return None
                 delay = min(delay * 2, 5.0)
                 self.health.beat()
+                self._commit()  # what was acknowledged meanwhile
+                continue
+            if waited:
+                log.info("%s: available again", what)
+                self.health.ready = True
+                self.health.reason = f"consuming {len(self._assigned)} partitions"
+            return result
 
     def _commit(self, sync: bool = False, partitions: set[TopicPartitionKey] | None = None) -> None:
         ready = self.tracker.committable(partitions)

@@ -1,0 +1,86 @@
+"""Rules of the failure paths that need no service: what is retried, what is refused, what is never logged."""
+
+from uuid import uuid4
+
+import psycopg
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from command_handler.adapters.unit_of_work import classify
+from command_handler.config import ConfigError, load_settings
+from command_handler.domain import rules
+from command_handler.domain.iban import iban_for
+from command_handler.domain.model import ConfirmMoneyTransfer
+from command_handler.domain.rules import Account
+from command_handler.errors import Conflict, Rejected, Unavailable
+
+
+def db_error(error: type[psycopg.Error]) -> DBAPIError:
+    return DBAPIError("UPDATE balance ...", {}, error("the server said no"))
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (psycopg.errors.ReadOnlySqlTransaction, Unavailable),  # a standby after a failover
+        (psycopg.errors.InsufficientPrivilege, Unavailable),  # a revoked grant
+        (psycopg.errors.UndefinedTable, Unavailable),  # a half-applied migration
+        (psycopg.errors.LockNotAvailable, Unavailable),  # lock_timeout
+        (psycopg.errors.QueryCanceled, Unavailable),  # statement_timeout
+        (psycopg.errors.AdminShutdown, Unavailable),
+        (psycopg.errors.DeadlockDetected, Conflict),
+        (psycopg.errors.SerializationFailure, Conflict),
+        (psycopg.errors.NumericValueOutOfRange, Rejected),  # the input itself cannot be stored
+        (psycopg.errors.UntranslatableCharacter, Rejected),
+        (psycopg.errors.CheckViolation, Rejected),
+    ],
+)
+def test_only_what_the_input_causes_is_refused_for_good(error: type[psycopg.Error], kind: type) -> None:
+    assert type(classify(db_error(error))) is kind
+
+
+def test_a_credit_that_would_overflow_the_balance_is_refused_with_a_reason() -> None:
+    rich = Account("rich", iban_for("0000000001"), "t", rules.MAX_BALANCE - 10)
+    payer = Account("payer", iban_for("0000000002"), "p", 1_000)
+    accounts = {rich.iban: rich, payer.iban: payer}
+    too_much = ConfirmMoneyTransfer(uuid4(), "p", 11, payer.iban, rich.iban, "overflow")
+    outcome = rules.decide_transfer(too_much, accounts)
+    assert outcome.reason == rules.BALANCE_OVERFLOW and not outcome.events
+    assert (payer.amount, rich.amount) == (1_000, rules.MAX_BALANCE - 10)  # nothing moved
+    exact = ConfirmMoneyTransfer(uuid4(), "p", 10, payer.iban, rich.iban, "to the brim")
+    assert rules.decide_transfer(exact, accounts).reason is None and rich.amount == rules.MAX_BALANCE
+    deposit = ConfirmMoneyTransfer(uuid4(), "", 1, "cash", rich.iban, "one more cent")
+    assert rules.decide_transfer(deposit, accounts).reason == rules.BALANCE_OVERFLOW
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("KAFKA_PRODUCER_EXTRA", "acks=1"),
+        ("KAFKA_PRODUCER_EXTRA", "enable.idempotence=false"),
+        ("KAFKA_CONSUMER_EXTRA", "enable.auto.commit=true"),
+    ],
+)
+def test_the_extras_cannot_weaken_the_delivery_guarantees(variable: str, setting: str) -> None:
+    with pytest.raises(ConfigError, match=f"{variable} may not set {setting.split('=')[0]}"):
+        load_settings({variable: setting})
+
+
+def test_the_producer_keeps_acks_all_and_idempotence_whatever_the_extras() -> None:
+    from command_handler.bootstrap import kafka_producer_conf
+
+    conf = kafka_producer_conf(load_settings({"KAFKA_PRODUCER_EXTRA": "linger.ms=7;compression.type=lz4"}))
+    assert conf["acks"] == "all" and conf["enable.idempotence"] is True and conf["compression.type"] == "lz4"
+
+
+def test_registry_credentials_in_the_url_are_never_shown() -> None:
+    settings = load_settings({"SCHEMA_REGISTRY_URL": "https://svc:s3cret@registry.example:8081"})
+    assert settings.registry.display() == "https://registry.example:8081"
+    assert "s3cret" not in repr(settings)
+    assert settings.registry.client_conf()["url"] == "https://svc:s3cret@registry.example:8081"  # the client has it
+    assert settings.registry.client_conf()["timeout"] > 0  # and a registry that never answers is given up on
+
+
+def test_the_health_endpoint_listens_on_loopback_unless_told_otherwise() -> None:
+    assert load_settings({}).health_host == "127.0.0.1"
+    assert load_settings({"HEALTH_HOST": "0.0.0.0"}).health_host == "0.0.0.0"
