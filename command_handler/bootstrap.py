@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError
 from sqlalchemy import Engine
 
-from command_handler.adapters.avro_codec import AvroCodec
+from command_handler.adapters.avro_codec import AvroCodec, OutMessage
 from command_handler.adapters.database import make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.adapters.kafka_producer import ProducerThread
@@ -122,7 +122,14 @@ def _check_ready(
     return {subject: registered.schema_str for subject, registered in found.items()}
 
 
-MakeProducer = Callable[[Callable[[Hashable], None], Callable[[Hashable, KafkaError], None]], ProducerThread]
+MakeProducer = Callable[
+    [
+        Callable[[Hashable], None],
+        Callable[[Hashable, KafkaError], None],
+        Callable[[Hashable, KafkaError], list[OutMessage] | None],
+    ],
+    ProducerThread,
+]
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ class HandlerParts:
     """Everything the consumer loop runs with, wired and checked."""
 
     consumer: Consumer
-    make_producer: MakeProducer  # (on delivered, on failed) -> the producer thread
+    make_producer: MakeProducer  # (on delivered, on failed, on refused) -> the producer thread
     codec: AvroCodec
     service: CommandService
     command_topic: str
@@ -156,7 +163,9 @@ def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics
     on_conflict = metrics.db_retries.labels(kind="conflict").inc
     return HandlerParts(
         consumer=Consumer(kafka_consumer_conf(settings, metrics), logger=logging.getLogger("librdkafka.consumer")),
-        make_producer=lambda delivered, failed: ProducerThread(producer_conf, delivered, failed),
+        make_producer=lambda delivered, failed, refused: ProducerThread(
+            producer_conf, delivered, failed, on_refused=refused
+        ),
         codec=AvroCodec(registry.client, topology, settings.topics, writer_schemas),
         service=CommandService(lambda: SqlAlchemyUnitOfWork(engine), on_conflict=on_conflict),
         command_topic=settings.topics.commands,

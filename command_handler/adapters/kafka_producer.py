@@ -4,7 +4,10 @@ The consumer side puts each command's outputs on the queue as one item (and
 blocks while the queue is full, so memory stays bounded). The producer thread
 produces them and, once the broker has acknowledged every message of an item,
 reports the item's token as delivered. A message the idempotent producer could
-not deliver is fatal: the handler stops without committing its offset.
+not deliver is fatal: the handler stops without committing its offset. A message
+the producer refuses before sending it (too large: the command's own key made
+it so) can never be written: ``on_refused`` may give messages to send instead
+under the same token (the command's dead letter), else it is fatal too.
 """
 
 from __future__ import annotations
@@ -32,20 +35,25 @@ class ProducerThread(threading.Thread):
         on_delivered: Callable[[Hashable], None],
         on_failed: Callable[[Hashable, KafkaError], None],
         queue_size: int = 10_000,
+        on_refused: Callable[[Hashable, KafkaError], list[OutMessage] | None] = lambda token, err: None,
     ) -> None:
         super().__init__(name="producer", daemon=True)
         self._producer = Producer(conf, logger=logging.getLogger("librdkafka.producer"))
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._on_delivered = on_delivered
         self._on_failed = on_failed
+        self._on_refused = on_refused
         self._finished = threading.Event()
 
-    def send(self, messages: list[OutMessage], token: Hashable) -> None:
-        """Queue one command's outputs; blocks while the queue is full (and the thread is alive)."""
+    def send(self, messages: list[OutMessage], token: Hashable, stopping: threading.Event | None = None) -> bool:
+        """Queue one command's outputs; blocks while the queue is full (and the thread is alive). False,
+        without queuing, when ``stopping`` is set meanwhile: the command is not acknowledged and comes back."""
         while not self._finished.is_set():
+            if stopping is not None and stopping.is_set():
+                return False
             try:
-                self._queue.put((messages, token), timeout=0.5)
-                return
+                self._queue.put((messages, token), timeout=0.2)
+                return True
             except queue.Full:
                 continue
         raise RuntimeError("the producer thread has stopped")
@@ -60,7 +68,7 @@ class ProducerThread(threading.Thread):
                 self._queue.put(_STOP, timeout=timeout_s)
         self.join(timeout_s)
 
-    def _produce(self, messages: list[OutMessage], token: Hashable) -> None:
+    def _produce(self, messages: list[OutMessage], token: Hashable, replacing: bool = False) -> None:
         remaining = [len(messages)]
         failed = [False]
 
@@ -82,8 +90,13 @@ class ProducerThread(threading.Thread):
                 except BufferError:  # librdkafka's own queue is full: serve callbacks, then retry
                     self._producer.poll(0.05)
                 except KafkaException as err:  # refused before sending (e.g. too large): never ack it
-                    if not failed[0]:
-                        failed[0] = True
+                    if failed[0]:
+                        return
+                    failed[0] = True
+                    instead = None if replacing else self._on_refused(token, err.args[0])
+                    if instead:
+                        self._produce(instead, token, replacing=True)
+                    else:
                         self._on_failed(token, err.args[0])
                     return
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from command_handler.adapters.avro_codec import PoisonMessage
+from command_handler.adapters.avro_codec import OutMessage, PoisonMessage
 from command_handler.adapters.dead_letters import dead_letter
 from command_handler.adapters.health import Health
 from command_handler.adapters.offsets import OffsetTracker, TopicPartitionKey
@@ -61,7 +61,7 @@ class HandlerLoop:
     def __init__(self, parts: HandlerParts, health: Health) -> None:
         self.consumer = parts.consumer
         self.tracker = OffsetTracker()
-        self.producer = parts.make_producer(self._delivered, self._delivery_failed)
+        self.producer = parts.make_producer(self._delivered, self._delivery_failed, self._refused)
         self.codec = parts.codec
         self.service = parts.service
         self.command_topic = parts.command_topic
@@ -73,6 +73,7 @@ class HandlerLoop:
         self.metrics = parts.metrics
         self.metrics.watch_queue(self.producer.queued)
         self._queued_at: dict[Hashable, float] = {}  # command outputs awaiting the broker: when they were queued
+        self._records: dict[Hashable, Message] = {}  # ... and the records they answer (for a dead letter)
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._closing = False
@@ -88,9 +89,25 @@ class HandlerLoop:
     def _delivered(self, token: Hashable) -> None:
         assert isinstance(token, tuple)
         self.tracker.done(token[0], token[1])
+        self._records.pop(token, None)
         queued = self._queued_at.pop(token, None)
         if queued is not None:
             self.metrics.delivery_seconds.observe(time.monotonic() - queued)
+
+    def _refused(self, token: Hashable, err: KafkaError) -> list[OutMessage] | None:
+        """An output of the command at ``token`` can never be written (the producer refused it before
+        sending, e.g. too large because of the command's own key): the command's dead letter instead.
+        Runs on the producer thread."""
+        msg = self._records.get(token)
+        if msg is None:
+            return None
+        reason = f"an answer to this record cannot be written: {err.str()}"
+        log.error(
+            "set aside %s/%d@%d to %s: %s", msg.topic(), msg.partition(), msg.offset(), self.dead_letter_topic, reason
+        )
+        self.stats.dead_lettered += 1
+        self.metrics.dead_letters.labels(reason="output-refused").inc()
+        return [dead_letter(self.dead_letter_topic, msg, reason)]
 
     def _delivery_failed(self, token: Hashable, err: KafkaError) -> None:
         self.fatal = f"the broker did not accept an output of {token}: {err}"
@@ -212,16 +229,22 @@ class HandlerLoop:
                 f" ({outcome.reason})" if outcome.reason else "",
                 len(outcome.events),
             )
+        self._queue(messages, msg)
+
+    def _queue(self, messages: list[OutMessage], msg: Message) -> None:
         token = origin(msg)
         self._queued_at[token] = time.monotonic()
-        self.producer.send(messages, token)
+        self._records[token] = msg
+        if not self.producer.send(messages, token, self.stopping):  # stopping: it stays uncommitted
+            self._queued_at.pop(token, None)
+            self._records.pop(token, None)
 
     def _dead_letter(self, msg: Message, reason: str, kind: str) -> None:
         self.stats.dead_lettered += 1
         self.metrics.dead_letters.labels(reason=kind).inc()
         (topic, partition), offset = origin(msg)
         log.error("set aside %s/%d@%d to %s: %s", topic, partition, offset, self.dead_letter_topic, reason)
-        self.producer.send([dead_letter(self.dead_letter_topic, msg, reason)], origin(msg))
+        self._queue([dead_letter(self.dead_letter_topic, msg, reason)], msg)
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
         """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping.

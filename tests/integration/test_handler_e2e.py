@@ -349,3 +349,26 @@ def test_metrics_move_with_what_the_handler_does(client: BankClient, handler: Ha
     ):
         assert value(after, name, **labels) > value(before, name, **labels), (name, labels)
     assert ("open_bank_producer_queue_depth", ()) in after
+
+
+def test_a_command_whose_answer_cannot_be_written_is_dead_lettered_and_the_partition_goes_on(
+    client: BankClient, world: World, handler: HandlerProcess
+) -> None:
+    """Its key (999,990 bytes) fits the broker's limit for the command, but the answer, keyed like it,
+    exceeds the producer's 1,000,000 bytes: refused before sending. The handler must not stop."""
+    from confluent_kafka import Producer
+
+    huge_key = b"k" * 999_990
+    command_id = uuid4()
+    value = client.encode("ConfirmAccountCreation", {"id": command_id.bytes, "username": "huge-key"})
+    producer = Producer({"bootstrap.servers": world.settings.kafka.brokers, "message.max.bytes": 1_048_576})
+    producer.produce(world.settings.topics.commands, value, huge_key, partition=0)
+    assert producer.flush(10) == 0
+    after = client.open_account("after-huge-key")  # on the same partition: it must not be stuck
+    assert client.wait_for(after).record == "AccountCreationConfirmed"
+    letters = [m for m in dead_letters(world, 100) if dict(m.headers() or []).get("dlq.key-omitted")]
+    assert len(letters) == 1
+    headers = dict(letters[0].headers())
+    assert b"cannot be written" in headers["dlq.error"] and letters[0].value() == value
+    assert letters[0].key() is None and headers["dlq.key-omitted"] == b"999990 bytes"
+    assert handler.process.poll() is None  # still running
