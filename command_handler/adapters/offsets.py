@@ -31,6 +31,17 @@ class OffsetTracker:
                 pending[offset] = True
                 self._changed.notify_all()
 
+    def abandon(self, tp: TopicPartitionKey, offset: int) -> None:
+        """``offset`` will not be finished (the handler is stopping): forget it and what follows it in its
+        partition, so nothing past it is committed and nobody waits for it. It is consumed again later."""
+        with self._lock:
+            pending = self._pending.get(tp)
+            if pending is None:
+                return
+            for later in [o for o in pending if o >= offset]:
+                del pending[later]
+            self._changed.notify_all()
+
     def committable(self, partitions: set[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
         """Pop the finished prefix of each partition; return partition -> next offset to consume."""
         result = {}

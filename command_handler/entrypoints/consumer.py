@@ -189,15 +189,19 @@ class HandlerLoop:
             except PoisonMessage as poison:
                 self._dead_letter(msg, str(poison), poison.kind)
                 continue
-            if command is None:
-                return  # stopping: what was not handled stays uncommitted and comes back
+            if command is None:  # stopping: what was not handled stays uncommitted and comes back
+                for m in [*(m for m, _ in work), msg]:
+                    self.tracker.abandon(*origin(m))
+                return
             work.append((msg, command))
         if not work:
             return
         commands = [c for _, c in work]
         sources = [Source(*origin(m)[0], origin(m)[1]) for m, _ in work]
         results = self._until_available(lambda: self.service.handle_isolated(commands, sources), "database")
-        if results is None:
+        if results is None:  # stopping
+            for m, _ in work:
+                self.tracker.abandon(*origin(m))
             return
         self.stats.batches += 1
         self.stats.commands += len(work)
@@ -215,7 +219,8 @@ class HandlerLoop:
 
     def _send(self, msg: Message, command: Command, outcome: Outcome) -> None:
         messages = self._until_available(lambda: self.codec.encode(msg.key(), outcome), "encoding")
-        if messages is None:
+        if messages is None:  # stopping
+            self.tracker.abandon(*origin(msg))
             return
         if log.isEnabledFor(logging.DEBUG):  # never the token or the account's IBAN: what happened, not the secrets
             log.debug(
@@ -238,6 +243,7 @@ class HandlerLoop:
         if not self.producer.send(messages, token, self.stopping):  # stopping: it stays uncommitted
             self._queued_at.pop(token, None)
             self._records.pop(token, None)
+            self.tracker.abandon(*token)
 
     def _dead_letter(self, msg: Message, reason: str, kind: str) -> None:
         self.stats.dead_lettered += 1

@@ -47,3 +47,17 @@ def test_wait_all_done_wakes_up_when_the_last_ack_arrives() -> None:
     threading.Timer(0.05, t.done, args=(TP, 1)).start()
     assert t.wait_all_done(5, {TP}) is True
     assert t.wait_all_done(0.01) is False  # OTHER still in flight
+
+
+def test_an_abandoned_offset_is_never_committed_past_and_not_waited_for() -> None:
+    tracker = OffsetTracker()
+    tp = ("commands", 0)
+    for offset in (10, 11, 12, 13):
+        tracker.started(tp, offset)
+    tracker.done(tp, 10)
+    tracker.done(tp, 13)  # finished, but after the abandoned one
+    tracker.abandon(tp, 11)  # stopping: 11 was never queued
+    tracker.done(tp, 12)  # late callbacks of forgotten offsets change nothing
+    assert tracker.wait_all_done(0.1)  # nothing left to wait for
+    assert tracker.committable() == {tp: 11}  # only the prefix before the abandoned offset
+    assert tracker.committable() == {}
