@@ -64,3 +64,10 @@ def test_expected_head_matches_alembic() -> None:
     from command_handler.adapters.schema_version import expected_head
 
     assert expected_head() == migrations.head_revision()
+
+
+def test_kraft_cluster_ids_never_look_like_an_option() -> None:
+    from open_bank_devtools.stack.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2000)]  # about 31 of 2,000 raw ids start with "-"
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

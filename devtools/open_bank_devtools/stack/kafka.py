@@ -175,7 +175,7 @@ class KafkaNode:
         (self.directory / "log4j2.yaml").write_text(_LOG4J2)
         classpath = f"{libs}/*"
         if not (self.data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             result = subprocess.run(
                 ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
                  "--config", str(self.properties_path)],
@@ -203,6 +203,15 @@ class KafkaNode:
     def marker(self) -> str:
         """A string of the node's command line that names this very node."""
         return f"{MAIN_CLASS} {self.properties_path.resolve()}"
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (16 bytes, URL-safe base64), never starting with "-", which the storage
+    tool's argument parser would take for an option (as Kafka's own random-uuid avoids too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pem_value(path: Path) -> str:
