@@ -72,8 +72,8 @@ class HandlerLoop:
         self.stats_interval_s = parts.stats_interval_s
         self.metrics = parts.metrics
         self.metrics.watch_queue(self.producer.queued)
-        self._queued_at: dict[Hashable, float] = {}  # command outputs awaiting the broker: when they were queued
-        self._records: dict[Hashable, Message] = {}  # ... and the records they answer (for a dead letter)
+        # command outputs awaiting the broker: when they were queued, and the record they answer (for a dead letter)
+        self._in_flight: dict[Hashable, tuple[float, Message]] = {}
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._closing = False
@@ -89,25 +89,19 @@ class HandlerLoop:
     def _delivered(self, token: Hashable) -> None:
         assert isinstance(token, tuple)
         self.tracker.done(token[0], token[1])
-        self._records.pop(token, None)
-        queued = self._queued_at.pop(token, None)
-        if queued is not None:
-            self.metrics.delivery_seconds.observe(time.monotonic() - queued)
+        in_flight = self._in_flight.pop(token, None)
+        if in_flight is not None:
+            self.metrics.delivery_seconds.observe(time.monotonic() - in_flight[0])
 
     def _refused(self, token: Hashable, err: KafkaError) -> list[OutMessage] | None:
         """An output of the command at ``token`` can never be written (the producer refused it before
         sending, e.g. too large because of the command's own key): the command's dead letter instead.
         Runs on the producer thread."""
-        msg = self._records.get(token)
-        if msg is None:
+        in_flight = self._in_flight.get(token)
+        if in_flight is None:
             return None
         reason = f"an answer to this record cannot be written: {err.str()}"
-        log.error(
-            "set aside %s/%d@%d to %s: %s", msg.topic(), msg.partition(), msg.offset(), self.dead_letter_topic, reason
-        )
-        self.stats.dead_lettered += 1
-        self.metrics.dead_letters.labels(reason="output-refused").inc()
-        return [dead_letter(self.dead_letter_topic, msg, reason)]
+        return [self._set_aside(in_flight[1], reason, "output-refused")]
 
     def _delivery_failed(self, token: Hashable, err: KafkaError) -> None:
         self.fatal = f"the broker did not accept an output of {token}: {err}"
@@ -197,7 +191,7 @@ class HandlerLoop:
         if not work:
             return
         commands = [c for _, c in work]
-        sources = [Source(*origin(m)[0], origin(m)[1]) for m, _ in work]
+        sources = [Source(*tp, offset) for tp, offset in (origin(m) for m, _ in work)]
         results = self._until_available(lambda: self.service.handle_isolated(commands, sources), "database")
         if results is None:  # stopping
             for m, _ in work:
@@ -238,23 +232,26 @@ class HandlerLoop:
 
     def _queue(self, messages: list[OutMessage], msg: Message) -> None:
         token = origin(msg)
-        self._queued_at[token] = time.monotonic()
-        self._records[token] = msg
+        self._in_flight[token] = (time.monotonic(), msg)
         if not self.producer.send(messages, token, self.stopping):  # stopping: it stays uncommitted
-            self._queued_at.pop(token, None)
-            self._records.pop(token, None)
+            self._in_flight.pop(token, None)
             self.tracker.abandon(*token)
 
     def _dead_letter(self, msg: Message, reason: str, kind: str) -> None:
+        self._queue([self._set_aside(msg, reason, kind)], msg)
+
+    def _set_aside(self, msg: Message, reason: str, kind: str) -> OutMessage:
+        """The dead letter of ``msg``, logged and counted (``kind``: the metric's reason label)."""
         self.stats.dead_lettered += 1
         self.metrics.dead_letters.labels(reason=kind).inc()
         (topic, partition), offset = origin(msg)
         log.error("set aside %s/%d@%d to %s: %s", topic, partition, offset, self.dead_letter_topic, reason)
-        self._queue([dead_letter(self.dead_letter_topic, msg, reason)], msg)
+        return dead_letter(self.dead_letter_topic, msg, reason)
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
         """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping.
-        Meanwhile the handler reports not-ready, saying what it waits for, and stays in its group."""
+        Meanwhile the handler reports not-ready, saying what it waits for, and commits what was acknowledged.
+        (A wait longer than max.poll.interval.ms still costs the group membership: not handled yet.)"""
         delay = 0.1
         waited = False
         while True:
