@@ -19,6 +19,7 @@ from command_handler.adapters.avro_codec import AvroCodec, OutMessage
 from command_handler.adapters.database import make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.adapters.kafka_producer import ProducerThread
+from command_handler.adapters.kafka_transactions import TransactionalOutput, transactional_conf
 from command_handler.adapters.metrics import Metrics
 from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.adapters.schema_version import database_revision, expected_head
@@ -145,6 +146,8 @@ class HandlerParts:
     batch_size: int
     stats_interval_s: float
     metrics: Metrics
+    # KAFKA_TRANSACTIONS=true: the transactional producer (outputs and offsets of a batch in one transaction)
+    make_transactional: Callable[[], TransactionalOutput] | None = None
 
 
 def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics | None = None) -> HandlerParts:
@@ -166,11 +169,22 @@ def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics
         make_producer=lambda delivered, failed, refused: ProducerThread(
             producer_conf, delivered, failed, on_refused=refused
         ),
-        codec=AvroCodec(registry.client, topology, settings.topics, writer_schemas),
+        codec=AvroCodec(
+            registry.client,
+            topology,
+            settings.topics,
+            writer_schemas,
+            unknown_schema_grace_s=settings.registry.unknown_schema_grace_s,
+        ),
         service=CommandService(lambda: SqlAlchemyUnitOfWork(engine), on_conflict=on_conflict),
         command_topic=settings.topics.commands,
         dead_letter_topic=settings.topics.dead_letter,
         batch_size=settings.batch_size,
         stats_interval_s=settings.stats_interval_s,
         metrics=metrics,
+        make_transactional=(
+            (lambda: TransactionalOutput(transactional_conf(producer_conf, settings.kafka.group_id)))
+            if settings.kafka.transactions
+            else None
+        ),
     )

@@ -203,6 +203,14 @@ class KafkaSettings:
         _boolean,
         "kafka",
     )
+    transactions: bool = setting(
+        "KAFKA_TRANSACTIONS",
+        "false",
+        "exactly-once outputs: each batch's outputs and consumed offsets in one Kafka transaction "
+        "(readers use isolation.level=read_committed)",
+        _boolean,
+        "kafka",
+    )
     consumer_extra: dict[str, str] = setting(
         "KAFKA_CONSUMER_EXTRA", "", "extra librdkafka consumer settings, 'key=value;key=value'", _pairs, "kafka"
     )
@@ -326,6 +334,15 @@ class RegistrySettings:
         "SCHEMA_REGISTRY_CA_LOCATION", "", "PEM CA file to verify an https registry", _file, "registry"
     )
 
+    unknown_schema_grace_s: int = setting(
+        "SCHEMA_UNKNOWN_GRACE_S",
+        "30",
+        "how long a command whose schema id the registry does not know (yet: a lagging or restored "
+        "registry) is retried before it is dead-lettered",
+        _number(0, 3600),
+        "registry",
+    )
+
     def display(self) -> str:
         """The URL for log lines: without a user and password written into it."""
         return ",".join(_without_userinfo(u) for u in self.url.split(","))
@@ -352,8 +369,8 @@ class DatabaseSettings:
     password: str = setting("DB_PASSWORD", "kafka-graphql-pw", "password of DB_USER", group="database", secret=True)
     sslmode: str = setting(
         "DB_SSLMODE",
-        "prefer",
-        "libpq sslmode (disable, prefer, require, verify-ca, verify-full)",
+        "require",
+        "libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full); set disable for a server without TLS",
         _choice(*_SSL_MODES),
         "database",
     )

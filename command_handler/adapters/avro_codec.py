@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
@@ -54,6 +56,10 @@ class RegistryUnavailable(Unavailable):
     """The Schema Registry did not answer; try again later."""
 
 
+class SchemaNotYetKnown(RegistryUnavailable):
+    """The registry does not know a schema id (yet: a lagging follower, a registry restored from a backup)."""
+
+
 @dataclass(frozen=True)
 class OutMessage:
     topic: str
@@ -66,12 +72,13 @@ def _is_registry_error(err: BaseException) -> bool:
     return isinstance(err, SchemaRegistryError | OSError) or type(err).__module__.startswith(("httpx", "httpcore"))
 
 
-def _registry_failure(err: BaseException, what: str) -> Exception:
-    """A registry error as PoisonMessage (the id is unknown or refused) or RegistryUnavailable (try later)."""
+def _registry_failure(err: BaseException, what: str, unknown: Callable[[], Exception] | None = None) -> Exception:
+    """A registry error as PoisonMessage (the id is refused, or unknown and ``unknown`` is not given),
+    RegistryUnavailable (try later), or what ``unknown`` makes of a 404."""
     if isinstance(err, SchemaRegistryError):
         status = err.http_status_code
         if status == 404:
-            return PoisonMessage(f"unknown {what}", "unknown-schema")
+            return unknown() if unknown is not None else PoisonMessage(f"unknown {what}", "unknown-schema")
         if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
             return PoisonMessage(f"{what} refused by the registry: {err}", "unknown-schema")
     if _is_registry_error(err):
@@ -102,9 +109,14 @@ class AvroCodec:
         topology: Topology,
         topics: Topics,
         writer_schemas: Mapping[str, str] | None = None,
+        unknown_schema_grace_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``writer_schemas``: per subject, the registered text to write with (it means ours, see
-        ``SchemaRegistry.resolve``); a subject not given is written with our own text."""
+        ``SchemaRegistry.resolve``); a subject not given is written with our own text.
+        ``unknown_schema_grace_s``: how long a schema id the registry does not know is waited for
+        (``SchemaNotYetKnown``) before its records are poison; once an id was waited for that long,
+        later records with it are poison at once (the registry is still asked each time)."""
         self.client = client
         self.command_topic = topics.commands
         strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
@@ -131,6 +143,9 @@ class AvroCodec:
         }
         self._names: dict[int, str] = {}
         self._lock = threading.Lock()
+        self.unknown_schema_grace_s = unknown_schema_grace_s
+        self._clock = clock
+        self._unknown_since: dict[int, float] = {}  # schema id -> when the registry first did not know it
 
     # -- decoding ---------------------------------------------------------------
 
@@ -142,7 +157,7 @@ class AvroCodec:
         try:
             schema = self.client.get_schema(schema_id)
         except Exception as err:
-            raise _registry_failure(err, f"schema id {schema_id}") from err
+            raise _registry_failure(err, f"schema id {schema_id}", partial(self._unknown, schema_id)) from err
         try:
             parsed = json.loads(schema.schema_str or "")
         except ValueError as err:
@@ -151,6 +166,23 @@ class AvroCodec:
         with self._lock:
             self._names[schema_id] = name
         return name
+
+    def _unknown(self, schema_id: int) -> Exception:
+        """The registry answered 404 for ``schema_id``: wait for it while the grace lasts, then give up."""
+        now = self._clock()
+        with self._lock:
+            if len(self._unknown_since) >= 10_000:  # hostile input with ever new ids: keep memory bounded
+                self._unknown_since.clear()
+            first = self._unknown_since.setdefault(schema_id, now)
+        if now - first < self.unknown_schema_grace_s:
+            return SchemaNotYetKnown(
+                f"schema id {schema_id} is unknown to the registry; waiting up to "
+                f"{self.unknown_schema_grace_s:g}s in case it lags behind the producer's"
+            )
+        return PoisonMessage(
+            f"unknown schema id {schema_id} (the registry did not know it for {self.unknown_schema_grace_s:g}s)",
+            "unknown-schema",
+        )
 
     def decode_command(self, value: bytes | None) -> Command:
         if value is None:
@@ -166,7 +198,7 @@ class AvroCodec:
             record = deserializer(value, SerializationContext(self.command_topic, MessageField.VALUE))
         except Exception as err:
             if _is_registry_error(err):
-                raise _registry_failure(err, f"schema id {schema_id}") from err
+                raise _registry_failure(err, f"schema id {schema_id}", partial(self._unknown, schema_id)) from err
             raise PoisonMessage(f"cannot decode {name}: {type(err).__name__}: {err}", "undecodable") from err
         if not isinstance(record, dict):
             raise PoisonMessage(f"cannot decode {name}: no record", "undecodable")

@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from command_handler.adapters.health import Health, serve_health
     from command_handler.adapters.metrics import Metrics
     from command_handler.bootstrap import build_handler
-    from command_handler.entrypoints.consumer import HandlerLoop
+    from command_handler.entrypoints.consumer import HandlerLoop, handler_loop
 
     health, metrics = Health(), Metrics()
     if settings.health_port:
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        running.append(HandlerLoop(build_handler(settings, sync_first=args.sync, metrics=metrics), health))
+        running.append(handler_loop(build_handler(settings, sync_first=args.sync, metrics=metrics), health))
     except StartupInterrupted as stop:
         log.info("stopped during start-up (%s)", stop)
         return 0

@@ -21,6 +21,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from command_handler.adapters.avro_codec import OutMessage, PoisonMessage
 from command_handler.adapters.dead_letters import dead_letter
 from command_handler.adapters.health import Health
+from command_handler.adapters.kafka_producer import ProducerThread
+from command_handler.adapters.kafka_transactions import Fenced, OutputRefused
 from command_handler.adapters.offsets import OffsetTracker, TopicPartitionKey
 from command_handler.bootstrap import HandlerParts
 from command_handler.domain.model import Command, Outcome, Source
@@ -61,7 +63,7 @@ class HandlerLoop:
     def __init__(self, parts: HandlerParts, health: Health) -> None:
         self.consumer = parts.consumer
         self.tracker = OffsetTracker()
-        self.producer = parts.make_producer(self._delivered, self._delivery_failed, self._refused)
+        self.producer = self._make_producer(parts)
         self.codec = parts.codec
         self.service = parts.service
         self.command_topic = parts.command_topic
@@ -71,13 +73,18 @@ class HandlerLoop:
         self.stats = Stats()
         self.stats_interval_s = parts.stats_interval_s
         self.metrics = parts.metrics
-        self.metrics.watch_queue(self.producer.queued)
+        self.metrics.watch_queue(self._queued)
         # command outputs awaiting the broker: when they were queued, and the record they answer (for a dead letter)
         self._in_flight: dict[Hashable, tuple[float, Message]] = {}
         self.stopping = threading.Event()
         self.fatal: str | None = None
         self._closing = False
         self._assigned: set[TopicPartitionKey] = set()
+        self._paused = False  # the assigned partitions are paused while a dependency is waited for
+        self._batch: list[Message] = []  # the records of the batch being handled
+
+    def _make_producer(self, parts: HandlerParts) -> ProducerThread | None:
+        return parts.make_producer(self._delivered, self._delivery_failed, self._refused)
 
     # -- control --------------------------------------------------------------
 
@@ -120,6 +127,7 @@ class HandlerLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        self._abandon_unqueued(tps)
         if not self._closing and not self.tracker.wait_all_done(REVOKE_WAIT_S, tps):
             log.warning("revoked partitions still have outputs in flight: their commands will be handled again")
         self._commit(sync=True, partitions=tps)
@@ -128,8 +136,22 @@ class HandlerLoop:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
+        self._abandon_unqueued(tps)
         self._release(tps)
         log.warning("lost %d partitions (their uncommitted commands will be handled again)", len(tps))
+
+    def _abandon_unqueued(self, tps: set[TopicPartitionKey]) -> None:
+        """Partitions taken away in the middle of a batch (while a dependency was waited for): their records
+        of the batch not queued yet are left to the next owner, so nobody waits for them."""
+        for msg in self._batch:
+            token = origin(msg)
+            if token[0] in tps and token not in self._in_flight:
+                self.tracker.abandon(*token)
+
+    def _owned(self, msg: Message) -> bool:
+        """Whether ``msg``'s partition is still assigned to this handler (a rebalance during a wait may
+        have moved it: then its records are the next owner's, and this handler writes nothing for them)."""
+        return origin(msg)[0] in self._assigned
 
     def _release(self, tps: set[TopicPartitionKey]) -> None:
         """No longer ours: forget what was in flight there (another handler will redo it)."""
@@ -143,7 +165,7 @@ class HandlerLoop:
         self.consumer.subscribe(
             [self.command_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        self.producer.start()
+        self._start_output()
         self.health.reason = "joining the consumer group"
         last_stats = time.monotonic()
         log.info("consuming %s", self.command_topic)
@@ -152,14 +174,25 @@ class HandlerLoop:
                 self.health.beat()
                 batch = self._poll()
                 if batch:
-                    self._process(batch)
+                    self._batch = batch
+                    try:
+                        self._process(batch)
+                    finally:
+                        self._batch = []
                 self._commit()
                 if self.stats_interval_s and time.monotonic() - last_stats >= self.stats_interval_s:
                     last_stats = time.monotonic()
-                    log.info(self.stats.line(self.tracker.in_flight(), self.producer.queued()))
+                    log.info(self.stats.line(self.tracker.in_flight(), self._queued()))
         finally:
             self._shutdown()
         return 1 if self.fatal else 0
+
+    def _start_output(self) -> None:
+        assert self.producer is not None
+        self.producer.start()
+
+    def _queued(self) -> int:
+        return self.producer.queued() if self.producer is not None else 0
 
     def _poll(self) -> list[Message]:
         first = self.consumer.poll(0.1)
@@ -176,6 +209,8 @@ class HandlerLoop:
             if error is not None:
                 log.warning("consumer error: %s", error)
                 continue
+            if not self._owned(msg):  # moved to another handler during a wait in this batch
+                continue
             tp, offset = origin(msg)
             self.tracker.started(tp, offset)
             try:
@@ -188,6 +223,7 @@ class HandlerLoop:
                     self.tracker.abandon(*origin(m))
                 return
             work.append((msg, command))
+        work = [(m, c) for m, c in work if self._owned(m)]
         if not work:
             return
         commands = [c for _, c in work]
@@ -201,6 +237,8 @@ class HandlerLoop:
         self.stats.commands += len(work)
         self.metrics.batch_size.observe(len(work))
         for (msg, command), result in zip(work, results, strict=True):
+            if not self._owned(msg):  # handled, but moved meanwhile: the next owner answers it (identically)
+                continue
             kind = type(command).__name__
             if isinstance(result, Rejected):
                 self.metrics.commands.labels(type=kind, outcome="refused").inc()
@@ -231,6 +269,7 @@ class HandlerLoop:
         self._queue(messages, msg)
 
     def _queue(self, messages: list[OutMessage], msg: Message) -> None:
+        assert self.producer is not None
         token = origin(msg)
         self._in_flight[token] = (time.monotonic(), msg)
         if not self.producer.send(messages, token, self.stopping):  # stopping: it stays uncommitted
@@ -250,31 +289,61 @@ class HandlerLoop:
 
     def _until_available(self, attempt: Callable[[], T], what: str) -> T | None:
         """Run ``attempt``, retrying with backoff while the registry or database is away; None if stopping.
-        Meanwhile the handler reports not-ready, saying what it waits for, and commits what was acknowledged.
-        (A wait longer than max.poll.interval.ms still costs the group membership: not handled yet.)"""
+        Meanwhile the handler reports not-ready, saying what it waits for, commits what was acknowledged, and
+        stays in its group: the partitions are paused and the consumer polled (see ``_wait_in_group``)."""
         delay = 0.1
         waited = False
-        while True:
-            try:
-                result = attempt()
-            except (Unavailable, Conflict) as err:
-                waited = True
-                self.health.ready = False
-                self.health.reason = f"{what}: waiting ({type(err).__name__}: {str(err)[:200]})"
-                if what == "database":
-                    self.metrics.db_retries.labels(kind=type(err).__name__.lower()).inc()
-                log.warning("%s: %s; retrying in %.1fs", what, err, delay)
-                if self.stopping.wait(delay):
-                    return None
-                delay = min(delay * 2, 5.0)
-                self.health.beat()
-                self._commit()  # what was acknowledged meanwhile
-                continue
-            if waited:
-                log.info("%s: available again", what)
+        try:
+            while True:
+                try:
+                    return attempt()
+                except (Unavailable, Conflict) as err:
+                    waited = True
+                    self.health.ready = False
+                    self.health.reason = f"{what}: waiting ({type(err).__name__}: {str(err)[:200]})"
+                    if what == "database":
+                        self.metrics.db_retries.labels(kind=type(err).__name__.lower()).inc()
+                    log.warning("%s: %s; retrying in %.1fs", what, err, delay)
+                    if not self._wait_in_group(delay):
+                        return None
+                    delay = min(delay * 2, 5.0)
+                    self.health.beat()
+                    self._commit()  # what was acknowledged meanwhile
+        finally:  # answered, poison, or stopping: the partitions go on
+            self._resume()
+            if waited and not self.stopping.is_set():
+                log.info("%s: waited for, going on", what)
                 self.health.ready = True
                 self.health.reason = f"consuming {len(self._assigned)} partitions"
-            return result
+
+    def _wait_in_group(self, seconds: float) -> bool:
+        """Wait ``seconds`` without leaving the consumer group (False if stopping meanwhile): the assigned
+        partitions are paused and the consumer is polled, which keeps max.poll.interval.ms met and serves
+        rebalances. A record that arrives anyway (from a partition assigned meanwhile, before it could be
+        paused) is put back with a seek."""
+        deadline = time.monotonic() + seconds
+        self._pause()
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            msg = self.consumer.poll(min(left, 0.2))
+            if msg is not None and msg.error() is None:
+                (topic, partition), offset = origin(msg)
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+                self._paused = False
+                self._pause()
+        return False
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self.consumer.pause(self.consumer.assignment())
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self.consumer.resume(self.consumer.assignment())
+            self._paused = False
 
     def _commit(self, sync: bool = False, partitions: set[TopicPartitionKey] | None = None) -> None:
         ready = self.tracker.committable(partitions)
@@ -296,9 +365,98 @@ class HandlerLoop:
             log.warning("outputs still in flight at shutdown: their commands will be handled again")
         self._commit(sync=True)
         self._closing = True
-        self.producer.stop()
+        self._stop_output()
         self.consumer.close()
         log.info("stopped (%s)", self.stats.line(self.tracker.in_flight(), 0))
+
+    def _stop_output(self) -> None:
+        assert self.producer is not None
+        self.producer.stop()
+
+
+class TransactionalHandlerLoop(HandlerLoop):
+    """``KAFKA_TRANSACTIONS=true``: a batch's outputs and its consumed offsets are written in one Kafka
+    transaction, at the end of the batch, by the consumer thread itself (no producer thread, no offsets
+    in flight). A failed transaction is aborted and retried with the same outputs (its outcomes are
+    stored); a rebalance meanwhile drops the outputs of the partitions taken away; a fenced producer
+    stops the handler without committing."""
+
+    def __init__(self, parts: HandlerParts, health: Health) -> None:
+        assert parts.make_transactional is not None
+        self.output = parts.make_transactional()
+        self._outputs: list[tuple[list[OutMessage], Message]] = []
+        super().__init__(parts, health)
+
+    def _make_producer(self, parts: HandlerParts) -> ProducerThread | None:
+        return None
+
+    def _start_output(self) -> None:
+        pass
+
+    def _stop_output(self) -> None:
+        self.output.close()
+
+    def _queue(self, messages: list[OutMessage], msg: Message) -> None:
+        self._outputs.append((messages, msg))
+
+    def _commit(self, sync: bool = False, partitions: set[TopicPartitionKey] | None = None) -> None:
+        pass  # offsets are committed by the transactions
+
+    def _release(self, tps: set[TopicPartitionKey]) -> None:
+        self._outputs = [(out, msg) for out, msg in self._outputs if origin(msg)[0] not in tps]
+        super()._release(tps)
+
+    def _process(self, messages: list[Message]) -> None:
+        self._outputs = []
+        super()._process(messages)
+        if not self.stopping.is_set():
+            self._transact(messages)
+        self._outputs = []
+        # nothing stays in flight between batches: the offsets went with the transaction (or come back)
+        self.tracker.forget({origin(m)[0] for m in messages if m.error() is None})
+
+    def _transact(self, messages: list[Message]) -> None:
+        started = time.monotonic()
+        delay = 0.1
+        while True:
+            owned = [m for m in messages if self._owned(m) and m.error() is None]
+            next_offsets: dict[TopicPartitionKey, int] = {}
+            for m in owned:
+                tp, offset = origin(m)
+                next_offsets[tp] = max(next_offsets.get(tp, 0), offset + 1)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+            try:
+                self.output.commit([out for out, _ in self._outputs], offsets, self.consumer.consumer_group_metadata())
+            except OutputRefused as refused:
+                msg = self._outputs[refused.index][1]
+                reason = f"an answer to this record cannot be written: {refused}"
+                self._outputs[refused.index] = ([self._set_aside(msg, reason, "output-refused")], msg)
+                continue
+            except Unavailable as err:
+                self.health.ready = False
+                self.health.reason = f"kafka transaction: waiting ({str(err)[:200]})"
+                log.warning("kafka transaction aborted (%s); retrying in %.1fs", err, delay)
+                if not self._wait_in_group(delay):
+                    self._resume()
+                    return  # stopping: nothing of the batch committed, it comes back
+                delay = min(delay * 2, 5.0)
+                continue
+            except Fenced as err:
+                self.fatal = f"the transactional producer cannot go on: {err}"
+                log.error("%s; stopping without committing the batch", self.fatal)
+                self.stopping.set()
+                return
+            self._resume()
+            if delay > 0.1:
+                self.health.ready = True
+                self.health.reason = f"consuming {len(self._assigned)} partitions"
+            self.metrics.delivery_seconds.observe(time.monotonic() - started)
+            return
+
+
+def handler_loop(parts: HandlerParts, health: Health) -> HandlerLoop:
+    """The consumer loop the settings ask for: transactional outputs or the producer thread's."""
+    return TransactionalHandlerLoop(parts, health) if parts.make_transactional else HandlerLoop(parts, health)
 
 
 def origin(msg: Message) -> tuple[TopicPartitionKey, int]:

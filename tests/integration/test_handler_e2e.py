@@ -31,7 +31,8 @@ def world(services: Services) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def handler(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HandlerProcess]:
-    process = HandlerProcess(world, tmp_path_factory.mktemp("logs")).wait_ready()
+    # a schema id the registry does not know is waited for 6 s before its record is dead-lettered
+    process = HandlerProcess(world, tmp_path_factory.mktemp("logs"), SCHEMA_UNKNOWN_GRACE_S="6").wait_ready()
     yield process
     assert process.terminate() == 0, process.output()[-3000:]
     assert "stopped" in process.output()
@@ -204,7 +205,7 @@ def rewind_group(world: World) -> None:
         consumer.close()
 
 
-def dead_letters(world: World, count: int) -> list:
+def dead_letters(world: World, count: int, tries: int = 200) -> list:
     consumer = Consumer(
         {
             "bootstrap.servers": world.env["KAFKA_BROKERS"],
@@ -216,7 +217,7 @@ def dead_letters(world: World, count: int) -> list:
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     found: list = []
-    for _ in range(200):
+    for _ in range(tries):
         found += [m for m in consumer.consume(100, 0.1) if m.error() is None]
         if len(found) >= count:
             break
@@ -274,6 +275,60 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_good_ones_are_answered(
     assert b"is not a command record" in dict(letters[b"p-not-a-command"].headers())["dlq.error"]
     assert b"null value" in dict(letters[b"p-null"].headers())["dlq.error"]
     assert b"cannot decode" in dict(letters[b"p-truncated"].headers())["dlq.error"]
+
+
+def test_a_schema_id_the_registry_learns_late_is_waited_for_not_dead_lettered(
+    client: BankClient, world: World, handler: HandlerProcess
+) -> None:
+    """A registry restored from an older backup (or a lagging follower) does not know a schema id the
+    producer already used: the handler waits, saying so on /health/ready, and answers once it knows."""
+    import io
+    import json
+    import urllib.error
+    import urllib.request
+
+    import fastavro
+    from confluent_kafka.schema_registry import Schema
+    from sqlalchemy.engine import make_url
+
+    from ..conftest import TEST_REGISTRY_DB
+
+    frank = open_account(client, "frank-late")
+    subject = f"{world.settings.topics.commands}-nl.openweb.data.ConfirmMoneyTransfer"
+    variant = json.loads(load_topology().records["ConfirmMoneyTransfer"].schema_str)
+    variant["doc"] = f"a newer producer's text {uuid4()}"  # docs count: a schema of its own, with a new id
+    schema_id = client.registry.register_schema(subject, Schema(json.dumps(variant), "AVRO"))
+    body = io.BytesIO()
+    command_id = uuid4()
+    record = {"id": command_id.bytes, "token": "", "amount": 700, "from": "cash", "to": frank["iban"]}
+    fastavro.schemaless_writer(body, fastavro.parse_schema(variant), {**record, "description": "late schema"})
+    registry_db = make_url(world.env["DB_ADMIN_URL"]).set(drivername="postgresql+psycopg", database=TEST_REGISTRY_DB)
+    engine = create_engine(registry_db)
+    with engine.begin() as conn:  # the registry loses that schema (restored from a backup without it)
+        schema_row = conn.execute(text("SELECT * FROM sr_schema WHERE id = :i"), {"i": schema_id}).mappings().one()
+        versions = conn.execute(text("SELECT * FROM sr_subject_version WHERE schema_id = :i"), {"i": schema_id})
+        version_rows = [dict(v) for v in versions.mappings()]
+        conn.execute(text("DELETE FROM sr_subject_version WHERE schema_id = :i"), {"i": schema_id})
+        conn.execute(text("DELETE FROM sr_schema WHERE id = :i"), {"i": schema_id})
+    key = f"late-{uuid4()}".encode()
+    client.send_raw(key, b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue())
+    ready_url = f"http://127.0.0.1:{handler.health_port}/health/ready"
+    reason = ""
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(ready_url, timeout=2).close()
+        except urllib.error.HTTPError as err:
+            reason = json.loads(err.read())["state"]
+            break
+        time.sleep(0.05)
+    assert f"schema id {schema_id} is unknown" in reason
+    with engine.begin() as conn:  # the registry catches up
+        conn.execute(text("INSERT INTO sr_schema VALUES (:id, :schema_type, :fingerprint, :schema)"), dict(schema_row))
+        for row in version_rows:
+            conn.execute(text("INSERT INTO sr_subject_version VALUES (:subject, :version, :schema_id, :deleted)"), row)
+    engine.dispose()
+    assert client.wait_for(command_id).record == "MoneyTransferConfirmed"
+    assert key not in {m.key() for m in dead_letters(world, 10**6, tries=20)}
 
 
 def test_handler_logs_where_poison_came_from(handler: HandlerProcess) -> None:

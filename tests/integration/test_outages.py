@@ -64,8 +64,14 @@ def cut_connections(admin: psycopg.Connection, database: str) -> None:
     )
 
 
-def test_a_read_only_database_is_waited_for_and_every_command_answered(world: World, tmp_path: Path) -> None:
-    handler = HandlerProcess(world, tmp_path).wait_ready()
+def test_a_read_only_database_longer_than_the_poll_interval_is_waited_for_in_the_group(
+    world: World, tmp_path: Path
+) -> None:
+    """Read-only for longer than max.poll.interval.ms (8 s here): the handler stays in its group (it
+    pauses its partitions and polls), reports not-ready, and answers every command once it can write."""
+    handler = HandlerProcess(
+        world, tmp_path, KAFKA_SESSION_TIMEOUT_MS="6000", KAFKA_CONSUMER_EXTRA="max.poll.interval.ms=8000"
+    ).wait_ready()
     client = BankClient(world.settings)
     database = world.settings.database.name
     try:
@@ -80,11 +86,15 @@ def test_a_read_only_database_is_waited_for_and_every_command_answered(world: Wo
             _, report = readiness(handler.health_port)
             assert "database" in report["state"], report
             assert not any(client.feedback.get(i) for i in sent)  # nothing answered, nothing lost yet
+            time.sleep(12)  # past max.poll.interval.ms
+            assert not any(client.feedback.get(i) for i in sent)
             admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
             cut_connections(admin, database)
         answers = client.wait_all(sent, 90)
         assert {a.record for a in answers.values()} == {"MoneyTransferConfirmed"}
         eventually(lambda: readiness(handler.health_port)[0] == 200, "ready again")
+        during = handler.output()
+        assert "revoked" not in during and "lost" not in during and "max.poll" not in during, during[-3000:]
     finally:
         client.close()
         assert handler.terminate() == 0

@@ -164,9 +164,11 @@ class LocalStack:
         db = self.settings.database
         if self.cluster is None:
             return db
+        # the stack's own cluster listens on loopback only, without TLS
+        own = replace(db, host=HOST, port=self.config.db_port, sslmode="disable")
         if not self.cluster.initialized:
-            return replace(db, host=HOST, port=self.config.db_port)
-        return replace(db, host=HOST, port=self.config.db_port, admin_url=self.cluster.admin_url())
+            return own
+        return replace(own, admin_url=self.cluster.admin_url())
 
     # -- services ---------------------------------------------------------------
 
@@ -273,6 +275,7 @@ class LocalStack:
             "DB_PORT": str(db.port),
             "DB_NAME": db.name,
             "DB_USER": db.user,
+            "DB_SSLMODE": db.sslmode,
         }
         if self.cluster is not None:
             env["DB_ADMIN_URL"] = db.admin_url

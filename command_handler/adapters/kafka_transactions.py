@@ -1,0 +1,121 @@
+"""Exactly-once outputs (``KAFKA_TRANSACTIONS=true``): a batch's outputs and consumed offsets in one
+Kafka transaction.
+
+The consumer thread owns this producer. ``commit`` begins a transaction, produces
+every output of the batch, adds the batch's next offsets for the consumer group
+(with the group's metadata, so a member the group has moved on from is fenced,
+KIP-447) and commits. A reader with ``isolation.level=read_committed`` sees each
+batch's outputs once: a transaction that fails is aborted and its outputs never
+become visible, and the batch's stored outcomes make the retry identical.
+
+Errors are translated: ``OutputRefused`` (an output can never be written, e.g.
+too large), ``Unavailable`` (aborted: retry later), ``Fenced`` (fatal: another
+producer took over, or the producer's state is lost: stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from command_handler.adapters.avro_codec import OutMessage
+from command_handler.errors import InfrastructureError, Unavailable
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 10.0
+# An open transaction of a producer that died holds read_committed readers back until the broker
+# aborts it after this long: kept short (librdkafka's default is 60 s).
+TRANSACTION_TIMEOUT_MS = 10_000
+
+
+class Fenced(InfrastructureError):
+    """The transactional producer can no longer be used (fenced by a newer one, or a fatal error)."""
+
+
+class OutputRefused(InfrastructureError):
+    """Output ``index`` of the batch was refused before sending and can never be written."""
+
+    def __init__(self, index: int, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.index = index
+        self.error = error
+
+
+def transactional_conf(producer_conf: dict[str, Any], group_id: str) -> dict[str, Any]:
+    return {
+        **producer_conf,
+        # one id per process: fencing across a rebalance comes from the group metadata (KIP-447)
+        "transactional.id": f"{group_id}-{uuid.uuid4()}",
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+    }
+
+
+class TransactionalOutput:
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._producer = Producer(conf, logger=logging.getLogger("librdkafka.producer"))
+        self._initialised = False
+
+    def _init(self) -> None:
+        if not self._initialised:
+            try:
+                self._producer.init_transactions(TIMEOUT_S)
+            except KafkaException as err:
+                raise self._translate(err.args[0], abort=False) from err
+            self._initialised = True
+
+    def commit(
+        self, outputs: Sequence[Sequence[OutMessage]], offsets: list[TopicPartition], group_metadata: Any
+    ) -> None:
+        """Write ``outputs`` (one list per command) and commit ``offsets`` for the group, atomically."""
+        self._init()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as err:
+            raise self._translate(err.args[0], abort=False) from err
+        for index, messages in enumerate(outputs):
+            for m in messages:
+                try:
+                    self._produce(m)
+                except KafkaException as err:
+                    error: KafkaError = err.args[0]
+                    self._abort()
+                    if error.fatal():
+                        raise Fenced(error.str()) from err
+                    if error.retriable() or error.txn_requires_abort():
+                        raise Unavailable(error.str()) from err
+                    raise OutputRefused(index, error) from err
+        try:
+            if offsets:
+                self._producer.send_offsets_to_transaction(offsets, group_metadata, TIMEOUT_S)
+            self._producer.commit_transaction(TIMEOUT_S)
+        except KafkaException as err:
+            raise self._translate(err.args[0], abort=True) from err
+
+    def _produce(self, m: OutMessage) -> None:
+        while True:
+            try:
+                self._producer.produce(m.topic, m.value, m.key, headers=m.headers)
+                return
+            except BufferError:  # librdkafka's queue is full: let it send, then go on
+                self._producer.poll(0.05)
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(TIMEOUT_S)
+        except KafkaException as err:
+            log.warning("aborting the transaction failed: %s", err)
+
+    def _translate(self, error: KafkaError, abort: bool) -> Exception:
+        if error.fatal():
+            return Fenced(error.str())
+        if abort:
+            self._abort()
+        return Unavailable(f"transaction: {error.str()}")
+
+    def close(self) -> None:
+        self._producer.flush(TIMEOUT_S)
