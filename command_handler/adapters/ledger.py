@@ -144,7 +144,9 @@ class PostgresLedger:
     def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
         if not outcomes:
             return
-        rows = [(command.id, command.username, _creation_columns(outcome)) for command, outcome in outcomes]
+        rows = [
+            (command.id, rules.storable(command.username), _creation_columns(outcome)) for command, outcome in outcomes
+        ]
         self.conn.execute(
             text(
                 "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "

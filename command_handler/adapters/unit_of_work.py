@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine, RootTransaction
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DataError, DBAPIError, DisconnectionError
 
 from command_handler.adapters.ledger import PostgresLedger
 from command_handler.errors import Conflict, InfrastructureError, Rejected, Unavailable
@@ -38,6 +38,9 @@ def classify(exc: BaseException) -> InfrastructureError | None:
         return Conflict(summary)
     if sqlstate.startswith(REJECTED_CLASSES) and not exc.connection_invalidated:
         return Rejected(f"{sqlstate}: {summary}")
+    if isinstance(exc, DataError) and not exc.connection_invalidated:
+        # refused by the driver before sending (e.g. a NUL character in a text): the data, for good
+        return Rejected(f"{sqlstate or 'refused by the driver'}: {summary}")
     return Unavailable(f"{sqlstate or 'no SQLSTATE'}: {summary}")
 
 

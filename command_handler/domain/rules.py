@@ -60,6 +60,12 @@ def text_problem(field: str, value: str) -> str | None:
     return None
 
 
+def storable(value: str, limit: int = MAX_LENGTHS["description"]) -> str:
+    """``value`` as it can be kept beside a refusal: without NUL characters (Postgres cannot store them),
+    and at most ``limit`` characters (a hostile megabyte is not worth keeping)."""
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
 def account_creation_problem(cmd: ConfirmAccountCreation) -> str | None:
     """Why an account cannot be opened for this command, or None."""
     if not cmd.username.strip():

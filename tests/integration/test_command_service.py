@@ -105,6 +105,21 @@ def test_empty_username_fails_with_a_reason(service: CommandService) -> None:
     assert outcome.feedback == AccountCreationFailed(cmd.id, rules.USERNAME_EMPTY)
 
 
+@pytest.mark.parametrize("username", ["nul\x00user", "u" * 300_000])
+def test_a_refused_username_postgres_cannot_store_is_answered_and_its_replay_too(
+    service: CommandService, engine: Engine, username: str
+) -> None:
+    """Found by the fuzz corpus: the refused username was stored as sent, and a NUL made the driver refuse
+    the batch, which was retried for ever. Kept storable now, and answered the same on a replay."""
+    cmd = ConfirmAccountCreation(uuid4(), username)
+    (outcome,) = service.handle([cmd])
+    assert isinstance(outcome.feedback, AccountCreationFailed) and outcome.feedback.reason.startswith("username")
+    assert service.handle([cmd]) == [outcome]
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT username FROM cac WHERE uuid = :u"), {"u": cmd.id}).scalar_one()
+    assert "\x00" not in stored and len(stored) <= rules.MAX_LENGTHS["description"]
+
+
 def test_deposit_transfer_and_events(service: CommandService, engine: Engine) -> None:
     alice = open_account(service, "alice")
     bob = open_account(service, "bob")

@@ -84,3 +84,14 @@ def test_registry_credentials_in_the_url_are_never_shown() -> None:
 def test_the_health_endpoint_listens_on_loopback_unless_told_otherwise() -> None:
     assert load_settings({}).health_host == "127.0.0.1"
     assert load_settings({"HEALTH_HOST": "0.0.0.0"}).health_host == "0.0.0.0"
+
+
+def test_a_value_the_driver_refuses_is_a_rejection_not_an_outage() -> None:
+    import psycopg
+    from sqlalchemy.exc import DataError
+
+    from command_handler.adapters.unit_of_work import classify
+    from command_handler.errors import Rejected
+
+    refused = DataError("SELECT", {}, psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+    assert isinstance(classify(refused), Rejected)

@@ -176,6 +176,18 @@ class BankClient:
             self._names[schema_id] = str(schema["name"]).rsplit(".", 1)[-1]
         return self._names[schema_id]
 
+    def _decode(self, topic: str, value: bytes) -> tuple[Any, str]:
+        """The record and its short name; waits up to a minute while the registry is away (a fault the chaos
+        campaign makes), then lets the error end the client's thread."""
+        for attempt in range(120):
+            try:
+                decoded = self._deserializer(value, SerializationContext(topic, MessageField.VALUE))
+                return decoded, self._record_name(value)
+            except Exception:
+                if attempt == 119 or self._stop.wait(0.5):
+                    raise
+        raise AssertionError("unreachable")
+
     def _consume(self) -> None:
         while not self._stop.is_set():
             # consume(n, timeout) waits for n messages or the whole timeout: take the first with poll, then drain
@@ -189,9 +201,9 @@ class BankClient:
                 assert topic is not None and value is not None
                 if topic == self.topics.balance_changed and not self.keep_all and msg.key() not in self.watched_keys:
                     continue  # nobody waits for it: save the decoding
-                decoded = self._deserializer(value, SerializationContext(topic, MessageField.VALUE))
+                decoded, name = self._decode(topic, value)
                 answer = Answer(
-                    self._record_name(value),
+                    name,
                     decoded,
                     msg.key(),
                     time.monotonic(),

@@ -414,6 +414,23 @@ class LocalStack:
             pid = self.cluster.pid()
             self.out(f"postgres: stopped (pid {pid})" if self.cluster.stop() else "postgres: not running")
 
+    def stop_service(self, name: str, timeout_s: float = 30) -> None:
+        """Stop one service ("broker" or "registry") of this stack, if it runs (faults of the chaos campaign)."""
+        service = self._service(name)
+        pid = self._running_pid(service)
+        if pid is not None:
+            self._stop(service, pid, timeout_s)
+
+    def start_service(self, name: str) -> None:
+        """Start one service ("broker" or "registry") of this stack again; returns once it was spawned."""
+        self._start(self._service(name))
+
+    def _service(self, name: str) -> Service:
+        found = [s for s in self.services() if s.name == name]
+        if not found:
+            raise StackError(f"no service {name!r} in this stack")
+        return found[0]
+
     def status(self) -> bool:
         healthy = True
         running = self.running_broker()

@@ -1,0 +1,1 @@
+"""The fault campaign (chaos), its hostile-record corpus (fuzz) and its audit."""
