@@ -16,6 +16,7 @@ producer took over, or the producer's state is lost: stop).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -97,11 +98,15 @@ class TransactionalOutput:
             raise self._translate(err.args[0], abort=True) from err
 
     def _produce(self, m: OutMessage) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
         while True:
             try:
                 self._producer.produce(m.topic, m.value, m.key, headers=m.headers)
                 return
-            except BufferError:  # librdkafka's queue is full: let it send, then go on
+            except BufferError:  # librdkafka's queue is full: let it send, then go on (or give up: retried)
+                if time.monotonic() > deadline:
+                    full = KafkaError(KafkaError._QUEUE_FULL, "producer queue full", retriable=True)
+                    raise KafkaException(full) from None
                 self._producer.poll(0.05)
 
     def _abort(self) -> None:

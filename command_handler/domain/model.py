@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 
@@ -86,6 +87,12 @@ class Outcome:
     def feedback_only(self) -> Outcome:
         """The answer without the events: for a new record whose command id was handled before."""
         return Outcome(self.feedback)
+
+    def with_balances(self, current: Mapping[str, int]) -> Outcome:
+        """The outcome with each event's ``new_balance`` set to the account's ``current`` balance: for an
+        outcome sent again after later changes of its accounts, so no reader sees a balance go back."""
+        events = tuple(replace(e, new_balance=current.get(e.iban, e.new_balance)) for e in self.events)
+        return Outcome(self.feedback, events)
 
     @property
     def reason(self) -> str | None:

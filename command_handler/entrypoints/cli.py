@@ -107,9 +107,12 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import faulthandler
     import signal
 
     limit_malloc_arenas()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a handler that seems stuck is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     from command_handler.adapters.health import Health, serve_health
     from command_handler.adapters.metrics import Metrics

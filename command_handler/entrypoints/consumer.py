@@ -144,6 +144,8 @@ class HandlerLoop:
         """Partitions taken away in the middle of a batch (while a dependency was waited for): their records
         of the batch not queued yet are left to the next owner, so nobody waits for them."""
         for msg in self._batch:
+            if msg.error() is not None:
+                continue
             token = origin(msg)
             if token[0] in tps and token not in self._in_flight:
                 self.tracker.abandon(*token)
@@ -419,7 +421,7 @@ class TransactionalHandlerLoop(HandlerLoop):
         started = time.monotonic()
         delay = 0.1
         while True:
-            owned = [m for m in messages if self._owned(m) and m.error() is None]
+            owned = [m for m in messages if m.error() is None and self._owned(m)]
             next_offsets: dict[TopicPartitionKey, int] = {}
             for m in owned:
                 tp, offset = origin(m)

@@ -101,8 +101,18 @@ class CommandService:
         new_transfers = ledger.claim_transfers(c.id for c in transfers)
         known_creations = ledger.creation_outcomes({c.id for c in creations} - new_creations)
         known_transfers = ledger.transfer_outcomes({c.id for c in transfers} - new_transfers)
+        # a redelivered record's events go out again with their accounts' balances as they are now
+        resent = {
+            e.iban
+            for c, s in zip(commands, sources, strict=True)
+            if isinstance(c, ConfirmMoneyTransfer)
+            and c.id in known_transfers
+            and s is not None
+            and s == known_transfers[c.id][1]
+            for e in known_transfers[c.id][0].events
+        }
         accounts = ledger.lock_accounts(
-            iban for t in transfers if t.id in new_transfers for iban in rules.transfer_accounts(t)
+            [*(iban for t in transfers if t.id in new_transfers for iban in rules.transfer_accounts(t)), *resent]
         )
 
         changed: dict[str, Account] = {}
@@ -130,6 +140,8 @@ class CommandService:
             seen.setdefault(key, (outcome, first))
             if replay and (source is None or source != first):
                 outcome = outcome.feedback_only()  # a new record with a handled id: no second BalanceChanged
+            elif replay and outcome.events:  # a redelivery: the events again, never an older balance
+                outcome = outcome.with_balances({iban: a.amount for iban, a in accounts.items()})
             results.append(outcome)
 
         ledger.set_amounts(list(changed.values()))

@@ -205,9 +205,10 @@ def test_concurrent_opposite_transfers_never_deadlock_or_lose_updates(engine: En
     service.handle([ConfirmMoneyTransfer(uuid4(), "", 100_000, "cash", i, "seed") for i in (alice.iban, bob.iban)])
     errors: list[BaseException] = []
     outcomes: list[object] = []
+    conflicts: list[int] = []  # deadlocks are retried: counted here, so that one cannot pass unseen
 
     def worker(frm: AccountCreationConfirmed, to: AccountCreationConfirmed) -> None:
-        own = CommandService(lambda: SqlAlchemyUnitOfWork(engine))
+        own = CommandService(lambda: SqlAlchemyUnitOfWork(engine), on_conflict=lambda: conflicts.append(1))
         try:
             for _ in range(30):
                 batch = [ConfirmMoneyTransfer(uuid4(), frm.token, 7, frm.iban, to.iban, "x") for _ in range(3)]
@@ -221,6 +222,7 @@ def test_concurrent_opposite_transfers_never_deadlock_or_lose_updates(engine: En
     for t in threads:
         t.join()
     assert not errors
+    assert not conflicts, f"{len(conflicts)} deadlocks or serialization failures: the lock order is broken"
     assert len(outcomes) == 4 * 30 * 3
     assert all(isinstance(o.feedback, MoneyTransferConfirmed) for o in outcomes)  # type: ignore[attr-defined]
     assert balance(engine, alice.iban) + balance(engine, bob.iban) == 200_000

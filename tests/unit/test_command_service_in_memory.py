@@ -177,6 +177,21 @@ def test_a_redelivered_record_gets_its_feedback_and_events_again_and_changes_not
     assert amounts(bank) == before
 
 
+def test_a_redelivery_after_later_changes_sends_the_balance_as_it_is_now_never_an_older_one(
+    service: CommandService, bank: InMemoryBank
+) -> None:
+    alice = open_account(service)
+    deposit = transfer(1_000, rules.CASH, alice.iban)
+    (first,) = service.handle([deposit], [Source("commands", 3, 42)])
+    assert first.events[0].new_balance == 1_000
+    service.handle([transfer(500, rules.CASH, alice.iban)], [Source("commands", 5, 7)])  # a later change
+    (again,) = service.handle([deposit], [Source("commands", 3, 42)])  # the first record comes back
+    assert again.feedback == first.feedback
+    assert again.events[0].changed_by == 1_000 and again.events[0].description == first.events[0].description
+    assert again.events[0].new_balance == 1_500  # not 1,000: a reader never sees the balance go back
+    assert amounts(bank)[alice.iban] == 1_500
+
+
 def test_a_retried_transfer_gets_its_feedback_only_and_changes_nothing(
     service: CommandService, bank: InMemoryBank
 ) -> None:

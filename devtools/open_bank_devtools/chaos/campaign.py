@@ -167,6 +167,8 @@ class Handler:
         try:
             code: int | None = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # its threads' stacks into its log, to see where it hangs
+            time.sleep(1)
             self.process.kill()
             self.process.wait(10)
             code = None
@@ -349,7 +351,7 @@ class Campaign:
         mode = "Kafka transactions" if self.transactions else "at-least-once outputs"
         self.say(f"{HANDLERS} handlers ready ({mode}); stack and logs in {self.directory}")
         before = audit.balances(settings)
-        client = BankClient(settings, keep_all=False)
+        client = BankClient(settings)  # keeps every answer: the settling wait counts them
         try:
             accounts = self._open_accounts(client)
             hostile = self._corpus(client, accounts[0])
