@@ -16,9 +16,10 @@ producer took over, or the producer's state is lost: stop).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -58,8 +59,41 @@ def transactional_conf(producer_conf: dict[str, Any], group_id: str) -> dict[str
 
 class TransactionalOutput:
     def __init__(self, conf: dict[str, Any]) -> None:
-        self._producer = Producer(conf, logger=logging.getLogger("librdkafka.producer"))
+        self._conf = conf
+        self._producer = self._new_producer()
         self._initialised = False
+        # producers replaced while a call of theirs hung (kept referenced until the call returns)
+        self._stuck: list[tuple[Producer, threading.Event]] = []
+
+    def _new_producer(self) -> Producer:
+        return Producer(self._conf, logger=logging.getLogger("librdkafka.producer"))
+
+    def _bounded(self, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)`` on a helper thread, given its own timeout plus 5 s. librdkafka's
+        send_offsets_to_transaction can ignore its timeout and block for ever once the group coordinator
+        went away (a broker restart; librdkafka issue #5456): then the producer is replaced by a new one
+        with the same transactional.id, whose initialisation fences the hung one and aborts its
+        transaction, and the batch is retried (``Unavailable``)."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call(*args)
+            except BaseException as err:  # handed over to the caller's thread
+                failure.append(err)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="kafka-transaction", daemon=True).start()
+        if not done.wait(TIMEOUT_S + 5):
+            log.error("a transaction call hung past its timeout (librdkafka #5456): replacing the producer")
+            self._stuck = [(p, d) for p, d in self._stuck if not d.is_set()] + [(self._producer, done)]
+            self._producer = self._new_producer()
+            self._initialised = False
+            raise Unavailable("a Kafka transaction call hung; the producer was replaced")
+        if failure:
+            raise failure[0]
 
     def _init(self) -> None:
         if not self._initialised:
@@ -92,8 +126,8 @@ class TransactionalOutput:
                     raise OutputRefused(index, error) from err
         try:
             if offsets:
-                self._producer.send_offsets_to_transaction(offsets, group_metadata, TIMEOUT_S)
-            self._producer.commit_transaction(TIMEOUT_S)
+                self._bounded(self._producer.send_offsets_to_transaction, offsets, group_metadata, TIMEOUT_S)
+            self._bounded(self._producer.commit_transaction, TIMEOUT_S)
         except KafkaException as err:
             raise self._translate(err.args[0], abort=True) from err
 

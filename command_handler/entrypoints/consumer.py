@@ -82,6 +82,8 @@ class HandlerLoop:
         self._assigned: set[TopicPartitionKey] = set()
         self._paused = False  # the assigned partitions are paused while a dependency is waited for
         self._batch: list[Message] = []  # the records of the batch being handled
+        # partitions taken away during this batch (even if given back since: their records come again)
+        self._moved: set[TopicPartitionKey] = set()
 
     def _make_producer(self, parts: HandlerParts) -> ProducerThread | None:
         return parts.make_producer(self._delivered, self._delivery_failed, self._refused)
@@ -151,14 +153,17 @@ class HandlerLoop:
                 self.tracker.abandon(*token)
 
     def _owned(self, msg: Message) -> bool:
-        """Whether ``msg``'s partition is still assigned to this handler (a rebalance during a wait may
-        have moved it: then its records are the next owner's, and this handler writes nothing for them)."""
-        return origin(msg)[0] in self._assigned
+        """Whether ``msg``'s partition stayed assigned to this handler all through the batch (a rebalance
+        during a wait may have moved it: then its records are the next owner's, and this handler writes
+        nothing for them; given back meanwhile, they are consumed again from the committed offset)."""
+        tp = origin(msg)[0]
+        return tp in self._assigned and tp not in self._moved
 
     def _release(self, tps: set[TopicPartitionKey]) -> None:
         """No longer ours: forget what was in flight there (another handler will redo it)."""
         self.tracker.forget(tps)
         self._assigned -= tps
+        self._moved |= tps
         self.metrics.forget_partitions([p for _, p in tps])
 
     # -- the loop -------------------------------------------------------------
@@ -176,11 +181,11 @@ class HandlerLoop:
                 self.health.beat()
                 batch = self._poll()
                 if batch:
-                    self._batch = batch
+                    self._batch, self._moved = batch, set()
                     try:
                         self._process(batch)
                     finally:
-                        self._batch = []
+                        self._batch, self._moved = [], set()
                 self._commit()
                 if self.stats_interval_s and time.monotonic() - last_stats >= self.stats_interval_s:
                     last_stats = time.monotonic()
