@@ -123,8 +123,15 @@ class HandlerLoop:
         tps = {(p.topic, p.partition) for p in partitions}
         self.tracker.forget(tps)
         self._assigned |= tps
-        self.health.ready = True
-        self.health.reason = f"consuming {len(self._assigned)} partitions"
+        # assigned here rather than after the callback, so that their pause state is set now: paused while
+        # a dependency is waited for, else resumed (whatever a former assignment of theirs left)
+        consumer.assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
+            self.health.ready = True
+            self.health.reason = f"consuming {len(self._assigned)} partitions"
         log.info("assigned %d partitions: %s", len(tps), sorted(p for _, p in tps))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -349,8 +356,8 @@ class HandlerLoop:
 
     def _resume(self) -> None:
         if self._paused:
-            self.consumer.resume(self.consumer.assignment())
             self._paused = False
+            self.consumer.resume(self.consumer.assignment())
 
     def _commit(self, sync: bool = False, partitions: set[TopicPartitionKey] | None = None) -> None:
         ready = self.tracker.committable(partitions)

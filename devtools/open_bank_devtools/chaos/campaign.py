@@ -284,6 +284,17 @@ class Load:
             self._history.append((command_id, value))
 
 
+@dataclass
+class Scene:
+    """What the faults act on."""
+
+    stack: LocalStack
+    settings: Settings
+    load: Load
+    hostile: list[fuzz.Hostile]
+    next_hostile: int = 0  # where the next burst starts in ``hostile``
+
+
 class Campaign:
     def __init__(
         self,
@@ -359,7 +370,7 @@ class Campaign:
             self.started = time.monotonic()
             load.start()
             self.say(f"load of {self.preset.rate:g} commands/s started; {len(self.preset.faults)} faults scheduled")
-            self._schedule(stack, settings, load, hostile)
+            self._schedule(Scene(stack, settings, load, hostile))
             load.stop()
             self.say(
                 f"load stopped: {len(load.acked)} valid commands acknowledged by the broker, "
@@ -444,10 +455,9 @@ class Campaign:
 
     # -- faults -----------------------------------------------------------------------
 
-    def _schedule(self, stack: LocalStack, settings: Settings, load: Load, hostile: list[fuzz.Hostile]) -> None:
+    def _schedule(self, scene: Scene) -> None:
         threads = []
         pending = list(self.preset.faults)
-        cursor = [0]
         while time.monotonic() - self.started < self.preset.duration_s:
             for handler in self.handlers:
                 with self._lock:
@@ -455,26 +465,16 @@ class Campaign:
             now = time.monotonic() - self.started
             while pending and pending[0].at_s <= now:
                 fault = pending.pop(0)
-                thread = threading.Thread(
-                    target=self._inject, args=(fault, stack, settings, load, hostile, cursor), daemon=True
-                )
+                thread = threading.Thread(target=self._inject, args=(fault, scene), daemon=True)
                 thread.start()
                 threads.append(thread)
             time.sleep(0.2)
         for thread in threads:
             thread.join(120)
 
-    def _inject(
-        self,
-        fault: Fault,
-        stack: LocalStack,
-        settings: Settings,
-        load: Load,
-        hostile: list[fuzz.Hostile],
-        cursor: list[int],
-    ) -> None:
+    def _inject(self, fault: Fault, scene: Scene) -> None:
         try:
-            getattr(self, "_" + fault.kind.replace("-", "_"))(fault, stack, settings, load, hostile, cursor)
+            getattr(self, "_" + fault.kind.replace("-", "_"))(fault, scene)
             with self._lock:
                 self.faults_done += 1
         except Exception as err:  # a fault that could not be made is reported, the campaign goes on
@@ -484,7 +484,7 @@ class Campaign:
         with self._lock:
             return self.rng.choice(self.handlers)
 
-    def _kill(self, fault: Fault, *_: object) -> None:
+    def _kill(self, fault: Fault, scene: Scene) -> None:
         handler = self._pick()
         with self._lock:
             handler.expect_exit = True
@@ -497,7 +497,7 @@ class Campaign:
             handler.start()
         self.say(f"{handler.name} restarted")
 
-    def _freeze(self, fault: Fault, *_: object) -> None:
+    def _freeze(self, fault: Fault, scene: Scene) -> None:
         handler = self._pick()
         with self._lock:
             handler.expect_exit = True  # a frozen process is not restarted
@@ -509,17 +509,18 @@ class Campaign:
             handler.expect_exit = False
         self.say(f"SIGCONT {handler.name}: a zombie wakes after its partitions moved")
 
-    def _db_stop(self, fault: Fault, stack: LocalStack, *_: object) -> None:
-        assert stack.cluster is not None
-        stack.cluster.stop(mode="immediate")
+    def _db_stop(self, fault: Fault, scene: Scene) -> None:
+        cluster = scene.stack.cluster
+        assert cluster is not None
+        cluster.stop(mode="immediate")
         self.say(f"PostgreSQL stopped (immediate) for {fault.seconds:g}s")
         time.sleep(fault.seconds)
-        stack.cluster.start()
+        cluster.start()
         self.say("PostgreSQL started")
 
-    def _db_read_only(self, fault: Fault, stack: LocalStack, settings: Settings, *_: object) -> None:
-        name = settings.database.name
-        with psycopg.connect(stack.database.admin_url, autocommit=True) as admin:
+    def _db_read_only(self, fault: Fault, scene: Scene) -> None:
+        name = scene.settings.database.name
+        with psycopg.connect(scene.stack.database.admin_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
             _cut(admin, name)
             self.say(f"database read-only for {fault.seconds:g}s (a standby after a failover)")
@@ -528,34 +529,26 @@ class Campaign:
             _cut(admin, name)
         self.say("database writable again")
 
-    def _registry_down(self, fault: Fault, stack: LocalStack, *_: object) -> None:
-        stack.stop_service("registry")
+    def _registry_down(self, fault: Fault, scene: Scene) -> None:
+        scene.stack.stop_service("registry")
         self.say(f"registry down for {fault.seconds:g}s")
         time.sleep(fault.seconds)
-        stack.start_service("registry")
+        scene.stack.start_service("registry")
         self.say("registry started")
 
-    def _broker_restart(self, fault: Fault, stack: LocalStack, *_: object) -> None:
-        stack.stop_service("broker")
+    def _broker_restart(self, fault: Fault, scene: Scene) -> None:
+        scene.stack.stop_service("broker")
         self.say("broker stopped")
-        stack.start_service("broker")
+        scene.stack.start_service("broker")
         self.say("broker started again")
 
-    def _hostile_burst(
-        self,
-        fault: Fault,
-        stack: LocalStack,
-        settings: Settings,
-        load: Load,
-        hostile: list[fuzz.Hostile],
-        cursor: list[int],
-    ) -> None:
+    def _hostile_burst(self, fault: Fault, scene: Scene) -> None:
         with self._lock:
-            start = cursor[0]
-            cursor[0] += self.preset.burst
-        burst = hostile[start : start + self.preset.burst]
+            start = scene.next_hostile
+            scene.next_hostile += self.preset.burst
+        burst = scene.hostile[start : start + self.preset.burst]
         for record in burst:
-            load.send(record.key, record.value, None)
+            scene.load.send(record.key, record.value, None)
         kinds = len({r.kind for r in burst})
         self.say(f"hostile burst: {len(burst)} records of {kinds} kinds")
 
