@@ -244,4 +244,8 @@ def test_the_same_command_in_two_concurrent_handlers_is_applied_once(engine: Eng
     for t in threads:
         t.join()
     assert balance(engine, alice.iban) == 500
-    assert results[0] == results[1] == results[2]  # every handler answers identically
+    # every handler answers identically, and sends the same events (a redelivery's with the balance of its time)
+    feedback = [[o.feedback for o in results[n]] for n in range(3)]  # type: ignore[attr-defined]
+    assert feedback[0] == feedback[1] == feedback[2]
+    changes = [[(e.changed_by, e.description) for o in results[n] for e in o.events] for n in range(3)]  # type: ignore[attr-defined]
+    assert changes[0] == changes[1] == changes[2] == [(10, f"d{i}") for i in range(50)]

@@ -87,7 +87,8 @@ def snapshot(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
 def migrate(settings: Settings) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": os.environ["PATH"], "DB_HOSTNAME": settings.database.host,
            "DB_PORT": str(settings.database.port), "DB_NAME": settings.database.name,
-           "DB_USER": settings.database.user, "DB_PASSWORD": settings.database.password}  # fmt: skip
+           "DB_USER": settings.database.user, "DB_PASSWORD": settings.database.password,
+           "DB_SSLMODE": settings.database.sslmode}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "command_handler", "migrate"], env=env, capture_output=True, text=True, timeout=120
     )
