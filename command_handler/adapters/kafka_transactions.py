@@ -33,6 +33,7 @@ TIMEOUT_S = 10.0
 # An open transaction of a producer that died holds read_committed readers back until the broker
 # aborts it after this long: kept short (librdkafka's default is 60 s).
 TRANSACTION_TIMEOUT_MS = 10_000
+STUCK_AFTER_S = 30.0  # transactions failing this long in a row: the producer is replaced
 
 
 class Fenced(InfrastructureError):
@@ -62,18 +63,32 @@ class TransactionalOutput:
         self._conf = conf
         self._producer = self._new_producer()
         self._initialised = False
+        self._needs_abort = False  # an abort timed out: librdkafka wants it called again before anything else
+        self._failing_since: float | None = None  # when the transactions started failing, if they do
         # producers replaced while a call of theirs hung (kept referenced until the call returns)
         self._stuck: list[tuple[Producer, threading.Event]] = []
 
     def _new_producer(self) -> Producer:
         return Producer(self._conf, logger=logging.getLogger("librdkafka.producer"))
 
+    def _replace(self, why: str, running: threading.Event | None = None) -> None:
+        """A new producer with the same transactional.id: its initialisation fences the old one and aborts
+        the old one's open transaction, whatever state that one is stuck in."""
+        log.error("%s: replacing the transactional producer", why)
+        done = running or threading.Event()
+        if running is None:
+            done.set()
+        self._stuck = [(p, d) for p, d in self._stuck if not d.is_set()] + [(self._producer, done)]
+        self._producer = self._new_producer()
+        self._initialised = False
+        self._needs_abort = False
+        self._failing_since = None
+
     def _bounded(self, call: Callable[..., None], *args: Any) -> None:
         """``call(*args)`` on a helper thread, given its own timeout plus 5 s. librdkafka's
         send_offsets_to_transaction can ignore its timeout and block for ever once the group coordinator
-        went away (a broker restart; librdkafka issue #5456): then the producer is replaced by a new one
-        with the same transactional.id, whose initialisation fences the hung one and aborts its
-        transaction, and the batch is retried (``Unavailable``)."""
+        went away (a broker restart; librdkafka issue #5456): then the producer is replaced and the batch
+        is retried (``Unavailable``)."""
         done = threading.Event()
         failure: list[BaseException] = []
 
@@ -87,10 +102,7 @@ class TransactionalOutput:
 
         threading.Thread(target=run, name="kafka-transaction", daemon=True).start()
         if not done.wait(TIMEOUT_S + 5):
-            log.error("a transaction call hung past its timeout (librdkafka #5456): replacing the producer")
-            self._stuck = [(p, d) for p, d in self._stuck if not d.is_set()] + [(self._producer, done)]
-            self._producer = self._new_producer()
-            self._initialised = False
+            self._replace("a transaction call hung past its timeout (librdkafka #5456)", running=done)
             raise Unavailable("a Kafka transaction call hung; the producer was replaced")
         if failure:
             raise failure[0]
@@ -106,8 +118,27 @@ class TransactionalOutput:
     def commit(
         self, outputs: Sequence[Sequence[OutMessage]], offsets: list[TopicPartition], group_metadata: Any
     ) -> None:
-        """Write ``outputs`` (one list per command) and commit ``offsets`` for the group, atomically."""
+        """Write ``outputs`` (one list per command) and commit ``offsets`` for the group, atomically.
+        When transactions have failed for ``STUCK_AFTER_S`` in a row, the producer is replaced (it may be
+        stuck in a state it does not leave by itself)."""
+        try:
+            self._commit(outputs, offsets, group_metadata)
+        except Unavailable:
+            now = time.monotonic()
+            self._failing_since = self._failing_since or now
+            if now - self._failing_since >= STUCK_AFTER_S:
+                self._replace(f"transactions failed for {now - self._failing_since:.0f}s in a row")
+            raise
+        self._failing_since = None
+
+    def _commit(
+        self, outputs: Sequence[Sequence[OutMessage]], offsets: list[TopicPartition], group_metadata: Any
+    ) -> None:
         self._init()
+        if self._needs_abort:
+            self._abort()
+            if self._needs_abort:
+                raise Unavailable("the last transaction is still being aborted")
         try:
             self._producer.begin_transaction()
         except KafkaException as err:
@@ -145,9 +176,15 @@ class TransactionalOutput:
 
     def _abort(self) -> None:
         try:
-            self._producer.abort_transaction(TIMEOUT_S)
+            self._bounded(self._producer.abort_transaction, TIMEOUT_S)
+            self._needs_abort = False
+        except Unavailable:  # the call hung and the producer was replaced: nothing left to abort
+            pass
         except KafkaException as err:
-            log.warning("aborting the transaction failed: %s", err)
+            if err.args[0].fatal():
+                raise Fenced(err.args[0].str()) from err
+            self._needs_abort = True  # librdkafka: "retry call to resume"
+            log.warning("aborting the transaction failed (it is tried again first): %s", err)
 
     def _translate(self, error: KafkaError, abort: bool) -> Exception:
         if error.fatal():
