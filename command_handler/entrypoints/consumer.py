@@ -345,8 +345,7 @@ class HandlerLoop:
             if msg is not None and msg.error() is None:
                 (topic, partition), offset = origin(msg)
                 self.consumer.seek(TopicPartition(topic, partition, offset))
-                self._paused = False
-                self._pause()
+                self.consumer.pause(self.consumer.assignment())
         return False
 
     def _pause(self) -> None:
@@ -430,42 +429,35 @@ class TransactionalHandlerLoop(HandlerLoop):
         self.tracker.forget({origin(m)[0] for m in messages if m.error() is None})
 
     def _transact(self, messages: list[Message]) -> None:
+        """Commit the batch's transaction, waiting like any other dependency while Kafka cannot take it."""
         started = time.monotonic()
-        delay = 0.1
+        try:
+            committed = self._until_available(lambda: self._commit_transaction(messages), "kafka transaction")
+        except Fenced as err:
+            self.fatal = f"the transactional producer cannot go on: {err}"
+            log.error("%s; stopping without committing the batch", self.fatal)
+            self.stopping.set()
+            return
+        if committed:  # else stopping: nothing of the batch committed, it comes back
+            self.metrics.delivery_seconds.observe(time.monotonic() - started)
+
+    def _commit_transaction(self, messages: list[Message]) -> bool:
+        """One attempt: the outputs and next offsets of the records still owned (a wait before this attempt
+        may have moved partitions). An output refused before sending is replaced by its command's dead letter."""
         while True:
-            owned = [m for m in messages if m.error() is None and self._owned(m)]
             next_offsets: dict[TopicPartitionKey, int] = {}
-            for m in owned:
-                tp, offset = origin(m)
-                next_offsets[tp] = max(next_offsets.get(tp, 0), offset + 1)
+            for m in messages:
+                if m.error() is None and self._owned(m):
+                    tp, offset = origin(m)
+                    next_offsets[tp] = max(next_offsets.get(tp, 0), offset + 1)
             offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
             try:
                 self.output.commit([out for out, _ in self._outputs], offsets, self.consumer.consumer_group_metadata())
+                return True
             except OutputRefused as refused:
                 msg = self._outputs[refused.index][1]
                 reason = f"an answer to this record cannot be written: {refused}"
                 self._outputs[refused.index] = ([self._set_aside(msg, reason, "output-refused")], msg)
-                continue
-            except Unavailable as err:
-                self.health.ready = False
-                self.health.reason = f"kafka transaction: waiting ({str(err)[:200]})"
-                log.warning("kafka transaction aborted (%s); retrying in %.1fs", err, delay)
-                if not self._wait_in_group(delay):
-                    self._resume()
-                    return  # stopping: nothing of the batch committed, it comes back
-                delay = min(delay * 2, 5.0)
-                continue
-            except Fenced as err:
-                self.fatal = f"the transactional producer cannot go on: {err}"
-                log.error("%s; stopping without committing the batch", self.fatal)
-                self.stopping.set()
-                return
-            self._resume()
-            if delay > 0.1:
-                self.health.ready = True
-                self.health.reason = f"consuming {len(self._assigned)} partitions"
-            self.metrics.delivery_seconds.observe(time.monotonic() - started)
-            return
 
 
 def handler_loop(parts: HandlerParts, health: Health) -> HandlerLoop:

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 
-from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.bootstrap import synchronize
 from command_handler.config import Settings, load_settings
 from open_bank_devtools.chaos import audit, fuzz
@@ -384,7 +383,7 @@ class Campaign:
         for name, code, took in stops:
             self.say(f"{name}: SIGTERM -> exit {code} in {took:.1f}s")
         unexpected = {h.name: h.unexpected_exits for h in self.handlers if h.unexpected_exits}
-        findings = audit.audit(settings, client_registry(settings), sent, before)
+        findings = audit.audit(settings, client.registry, sent, before)
         self.say(
             f"{findings.records} command records, {findings.dead_lettered} dead letters, "
             f"{findings.unaccounted} records neither answered nor dead-lettered, "
@@ -558,7 +557,3 @@ def _cut(admin: psycopg.Connection, database: str) -> None:
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
         (database,),
     )
-
-
-def client_registry(settings: Settings) -> SchemaRegistryClient:
-    return SchemaRegistry(settings.registry).client
