@@ -1,24 +1,23 @@
 """The composition root: builds adapters from settings and hands them to the services.
 
 Entrypoints call it; it imports no entrypoint. ``build_handler`` returns the
-wired parts of the command handler, which ``entrypoints.consumer.HandlerLoop``
-runs.
+command handler's loop (``service_layer.loop.HandlerLoop``), wired with the output the
+settings ask for: acknowledged outputs (the producer thread) or transactional ones.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+import threading
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError
 from sqlalchemy import Engine
 
-from command_handler.adapters.avro_codec import AvroCodec, OutMessage
+from command_handler.adapters.avro_codec import AvroCodec
 from command_handler.adapters.database import make_engine, wait_for_database
 from command_handler.adapters.kafka_admin import KafkaAdmin
-from command_handler.adapters.kafka_producer import ProducerThread
+from command_handler.adapters.kafka_consumer import KafkaCommandSource
+from command_handler.adapters.kafka_producer import AcknowledgedOutput, acknowledged_conf
 from command_handler.adapters.kafka_transactions import TransactionalOutput, transactional_conf
 from command_handler.adapters.metrics import Metrics
 from command_handler.adapters.schema_registry import SchemaRegistry
@@ -27,6 +26,9 @@ from command_handler.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from command_handler.config import Settings
 from command_handler.errors import OperatorError
 from command_handler.service_layer.commands import CommandService
+from command_handler.service_layer.delivery import DEFAULT_MAX_MESSAGE_BYTES, Output, Pipeline
+from command_handler.service_layer.loop import HandlerLoop
+from command_handler.service_layer.ports import Readiness
 from command_handler.service_layer.synchronizer import SyncReport, sync_subjects, sync_topics
 from command_handler.topology import Topology, load_topology
 
@@ -81,9 +83,13 @@ def kafka_consumer_conf(settings: Settings, metrics: Metrics | None = None) -> d
             if metrics
             else {}
         ),
+        # what was stored is committed once a second, whatever the load (a commit per batch cost the
+        # group its coordinator's attention at 1,000 commands/s)
+        "auto.commit.interval.ms": 1000,
         **k.consumer_extra,
-        # manual offsets, whatever the extras say: nothing is committed before its outputs were acknowledged
-        "enable.auto.commit": False,
+        # offsets stored by the loop only, whatever the extras say: nothing is committed before its outputs
+        # were acknowledged; with transactions, the transactions commit them
+        "enable.auto.commit": not k.transactions,
         "enable.auto.offset.store": False,
     }
 
@@ -123,35 +129,16 @@ def _check_ready(
     return {subject: registered.schema_str for subject, registered in found.items()}
 
 
-MakeProducer = Callable[
-    [
-        Callable[[Hashable], None],
-        Callable[[Hashable, KafkaError], None],
-        Callable[[Hashable, KafkaError], list[OutMessage] | None],
-    ],
-    ProducerThread,
-]
+def max_message_bytes(settings: Settings) -> int:
+    """The producer's message size limit (``message.max.bytes``, librdkafka's default unless an extra sets it)."""
+    raw = settings.kafka.producer_extra.get("message.max.bytes")
+    return int(raw) if raw and raw.isdigit() else DEFAULT_MAX_MESSAGE_BYTES
 
 
-@dataclass(frozen=True)
-class HandlerParts:
-    """Everything the consumer loop runs with, wired and checked."""
-
-    consumer: Consumer
-    make_producer: MakeProducer  # (on delivered, on failed, on refused) -> the producer thread
-    codec: AvroCodec
-    service: CommandService
-    command_topic: str
-    dead_letter_topic: str
-    batch_size: int
-    stats_interval_s: float
-    metrics: Metrics
-    # KAFKA_TRANSACTIONS=true: the transactional producer (outputs and offsets of a batch in one transaction)
-    make_transactional: Callable[[], TransactionalOutput] | None = None
-
-
-def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics | None = None) -> HandlerParts:
-    """Wait for every service (bounded), check the database and topology, and wire the handler."""
+def build_handler(
+    settings: Settings, readiness: Readiness, sync_first: bool = False, metrics: Metrics | None = None
+) -> HandlerLoop:
+    """Wait for every service (bounded), check the database and topology, and wire the handler's loop."""
     topology = topology_for(settings)
     admin, registry = _wait_for_kafka_and_registry(settings)
     engine = make_engine(settings.database)
@@ -161,30 +148,33 @@ def build_handler(settings: Settings, sync_first: bool = False, metrics: Metrics
         for line in _apply_topology(admin, registry, topology).lines():
             log.info("sync: %s", line)
     writer_schemas = _check_ready(settings, topology, admin, registry, engine)
-    producer_conf = kafka_producer_conf(settings)
     metrics = metrics or Metrics()
-    on_conflict = metrics.db_retries.labels(kind="conflict").inc
-    return HandlerParts(
-        consumer=Consumer(kafka_consumer_conf(settings, metrics), logger=logging.getLogger("librdkafka.consumer")),
-        make_producer=lambda delivered, failed, refused: ProducerThread(
-            producer_conf, delivered, failed, on_refused=refused
-        ),
-        codec=AvroCodec(
-            registry.client,
-            topology,
-            settings.topics,
-            writer_schemas,
-            unknown_schema_grace_s=settings.registry.unknown_schema_grace_s,
-        ),
-        service=CommandService(lambda: SqlAlchemyUnitOfWork(engine), on_conflict=on_conflict),
-        command_topic=settings.topics.commands,
-        dead_letter_topic=settings.topics.dead_letter,
+    codec = AvroCodec(
+        registry.client,
+        topology,
+        settings.topics,
+        writer_schemas,
+        unknown_schema_grace_s=settings.registry.unknown_schema_grace_s,
+    )
+    service = CommandService(
+        lambda: SqlAlchemyUnitOfWork(engine), on_conflict=metrics.db_retries.labels(kind="conflict").inc
+    )
+    pipeline = Pipeline(codec, service, settings.topics.dead_letter, metrics, max_message_bytes(settings))
+    stopping = threading.Event()
+    producer_conf = kafka_producer_conf(settings)
+    output: Output
+    if settings.kafka.transactions:
+        conf = transactional_conf(producer_conf, settings.kafka.group_id)
+        output = TransactionalOutput(conf, pipeline.replacement, metrics, stopping)
+    else:
+        output = AcknowledgedOutput(acknowledged_conf(producer_conf), pipeline.replacement, metrics)
+    return HandlerLoop(
+        KafkaCommandSource(kafka_consumer_conf(settings, metrics), settings.topics.commands),
+        output,
+        pipeline,
+        readiness,
+        metrics,
         batch_size=settings.batch_size,
         stats_interval_s=settings.stats_interval_s,
-        metrics=metrics,
-        make_transactional=(
-            (lambda: TransactionalOutput(transactional_conf(producer_conf, settings.kafka.group_id)))
-            if settings.kafka.transactions
-            else None
-        ),
+        stopping=stopping,
     )

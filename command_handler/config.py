@@ -92,10 +92,14 @@ def _file(read: _Reader, var: Var) -> str:
 
 def _pairs(read: _Reader, var: Var) -> dict[str, str]:
     result: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in read.raw(var).split(";"))):
+    parts = [p.strip() for p in read.raw(var).split(";") if p.strip()]
+    for number, part in enumerate(parts, 1):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            read.errors.append(f"{var.name}: {part!r} is not 'key=value'")
+            # its text is not repeated: a malformed entry may hold a password
+            read.errors.append(
+                f"{var.name}: entry {number} of {len(parts)} is not 'key=value' (not shown: it may hold a secret)"
+            )
             continue
         result[key.strip()] = value.strip()
     return result
@@ -110,9 +114,12 @@ def _boolean(read: _Reader, var: Var) -> bool:
 
 def _url(read: _Reader, var: Var) -> str:
     value = _nonempty(read, var)
-    parsed = urlparse(value.split(",")[0])
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        read.errors.append(f"{var.name}={value!r} must be an http:// or https:// URL")
+    for url in value.split(","):
+        parsed = urlparse(url.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            # the URL is not repeated: it may hold user:password@
+            read.errors.append(f"{var.name} must be http:// or https:// URLs, comma separated (value not shown)")
+            break
     return value
 
 
@@ -138,8 +145,25 @@ def setting(
 
 
 # Client settings the guarantees rest on: the extras may not change them.
-PRODUCER_FIXED = ("acks", "enable.idempotence", "max.in.flight.requests.per.connection", "transactional.id")
+PRODUCER_FIXED = (
+    "acks",
+    "enable.idempotence",
+    "max.in.flight.requests.per.connection",
+    "transactional.id",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+)
 CONSUMER_FIXED = ("enable.auto.commit", "enable.auto.offset.store", "group.id", "isolation.level")
+# The connection's security is set by the handler's own variables only: an extra can never weaken it.
+SECURITY_FIXED = {
+    "security.protocol": "KAFKA_SECURITY_PROTOCOL",
+    "enable.ssl.certificate.verification": "(always on)",
+    "ssl.endpoint.identification.algorithm": "KAFKA_SSL_VERIFY_HOSTNAME",
+    "ssl.ca.location": "KAFKA_SSL_CA_LOCATION",
+    "ssl.ca.pem": "KAFKA_SSL_CA_LOCATION",
+    "ssl.cipher.suites": "(librdkafka's default)",
+    "ssl.protocols": "(librdkafka's default)",
+}
 
 
 @dataclass(frozen=True)
@@ -263,6 +287,16 @@ class KafkaSettings:
                 found.append(
                     f"{name} may not set {', '.join(overridden)}: the handler's delivery guarantees rest on them"
                 )
+            for option in sorted(set(extra) & set(SECURITY_FIXED)):
+                found.append(
+                    f"{name} may not set {option}: the connection's security is set by {SECURITY_FIXED[option]} only"
+                )
+        strategy = self.consumer_extra.get("partition.assignment.strategy", "")
+        if "cooperative" in strategy.lower():
+            found.append(
+                "KAFKA_CONSUMER_EXTRA: partition.assignment.strategy=cooperative-sticky is not supported "
+                "(the handler uses eager rebalancing: range or roundrobin)"
+            )
         return found
 
     def read_keystores(self) -> tuple[KafkaSettings, list[str]]:
@@ -302,7 +336,7 @@ class Topics:
         return [] if len(set(names)) == len(names) else [f"topic names must differ, got {names}"]
 
 
-REGISTRY_TIMEOUT_S = 10
+REGISTRY_TIMEOUT_S = 5
 
 
 def _without_userinfo(url: str) -> str:
@@ -336,9 +370,9 @@ class RegistrySettings:
 
     unknown_schema_grace_s: int = setting(
         "SCHEMA_UNKNOWN_GRACE_S",
-        "30",
+        "5",
         "how long a command whose schema id the registry does not know (yet: a lagging or restored "
-        "registry) is retried before it is dead-lettered",
+        "registry) is retried, holding only its own partition, before it is dead-lettered",
         _number(0, 3600),
         "registry",
     )
@@ -349,7 +383,8 @@ class RegistrySettings:
 
     def client_conf(self) -> dict[str, Any]:
         # a registry that accepts a connection and never answers must not hang the handler
-        conf: dict[str, Any] = {"url": self.url, "timeout": REGISTRY_TIMEOUT_S}
+        # and no retries inside the client: the loop retries, polling its group and looking at SIGTERM
+        conf: dict[str, Any] = {"url": self.url, "timeout": REGISTRY_TIMEOUT_S, "max.retries": 0}
         if self.basic_auth:
             conf["basic.auth.user.info"] = self.basic_auth
         if self.ca_location:

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,38 +33,14 @@ from command_handler.domain.model import (
     MoneyTransferConfirmed,
     MoneyTransferFailed,
     Outcome,
+    OutMessage,
 )
-from command_handler.errors import Unavailable
+from command_handler.errors import PoisonMessage, RegistryUnavailable, SchemaNotYetKnown
 from command_handler.topology import Topology
 
 MAGIC_BYTE = 0
 HEADER_SIZE = 5  # magic byte + 4-byte schema id
 COMMAND_RECORDS = ("ConfirmAccountCreation", "ConfirmMoneyTransfer")
-
-
-class PoisonMessage(Exception):
-    """A message that can never become a command; it is set aside (dead-letter topic).
-    ``kind`` names the class of problem in a few fixed words (a metric label)."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class RegistryUnavailable(Unavailable):
-    """The Schema Registry did not answer; try again later."""
-
-
-class SchemaNotYetKnown(RegistryUnavailable):
-    """The registry does not know a schema id (yet: a lagging follower, a registry restored from a backup)."""
-
-
-@dataclass(frozen=True)
-class OutMessage:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 def _is_registry_error(err: BaseException) -> bool:

@@ -1,125 +1,244 @@
-"""The one producer, owned by one thread and fed by a bounded queue.
+"""Acknowledged outputs: the one producer, owned by one thread and fed by a bounded queue, and the only
+registry of what is in flight and what may be committed.
 
-The consumer side puts each command's outputs on the queue as one item (and
-blocks while the queue is full, so memory stays bounded). The producer thread
-produces them and, once the broker has acknowledged every message of an item,
-reports the item's token as delivered. A message the idempotent producer could
-not deliver is fatal: the handler stops without committing its offset. A message
-the producer refuses before sending it (too large: the command's own key made
-it so) can never be written: ``on_refused`` may give messages to send instead
-under the same token (the command's dead letter), else it is fatal too.
+``send`` registers each delivery at its record's position and queues it (never blocking: what does not
+fit is handed back, and the loop waits in its group). The producer thread produces a delivery's
+messages; once the broker acknowledged all of them the position is done, and ``committable`` gives per
+partition the next offset before which everything is done. Messages wait in the producer while the
+broker is away (``message.timeout.ms=0``: no delivery time-out, so an outage never ends in a crash loop).
+
+A message the producer refuses (before sending, or the broker for its size) is never produced again
+unchanged: the pipeline's ``replacement`` says what to write instead under the same position, and when
+there is nothing (a dead letter was refused) the output is fatal: the handler stops without committing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Hashable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from command_handler.adapters.avro_codec import OutMessage
+from command_handler.domain.model import PartitionId
+from command_handler.service_layer.delivery import Delivery
+from command_handler.service_layer.ports import Telemetry
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+Replacement = Callable[[Delivery, str], Delivery | None]
+
+# the broker refused a message for good because of what it is: written differently instead
+REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
-class ProducerThread(threading.Thread):
+def acknowledged_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
+    """No delivery time-out: while the broker is away, outputs wait in the producer (the loop waits in its
+    group and reports not-ready), rather than failing after librdkafka's default of 300 s."""
+    return {**producer_conf, "message.timeout.ms": 0}
+
+
+class _Entry:
+    """One delivery in flight at its record's position; ``attempt`` counts its replacements."""
+
+    __slots__ = ("attempt", "delivery", "done", "queued_at")
+
+    def __init__(self, delivery: Delivery, queued_at: float) -> None:
+        self.delivery = delivery
+        self.queued_at = queued_at
+        self.done = False
+        self.attempt = 0
+
+
+class AcknowledgedOutput:
     def __init__(
         self,
         conf: dict[str, Any],
-        on_delivered: Callable[[Hashable], None],
-        on_failed: Callable[[Hashable, KafkaError], None],
+        replacement: Replacement,
+        telemetry: Telemetry,
         queue_size: int = 10_000,
-        on_refused: Callable[[Hashable, KafkaError], list[OutMessage] | None] = lambda token, err: None,
+        producer: Any = None,
     ) -> None:
-        super().__init__(name="producer", daemon=True)
-        self._producer = Producer(conf, logger=logging.getLogger("librdkafka.producer"))
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._on_delivered = on_delivered
-        self._on_failed = on_failed
-        self._on_refused = on_refused
-        self._finished = threading.Event()
+        self._producer = producer or Producer(conf, logger=logging.getLogger("librdkafka.producer"))
+        self._replacement = replacement
+        self._telemetry = telemetry
+        self._queue: queue.Queue[_Entry] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: dict[PartitionId, OrderedDict[int, _Entry]] = {}
+        self._fatal: str | None = None
+        self._closing = threading.Event()
+        self._close_by = 0.0
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
 
-    def send(self, messages: list[OutMessage], token: Hashable, stopping: threading.Event | None = None) -> bool:
-        """Queue one command's outputs; blocks while the queue is full (and the thread is alive). False,
-        without queuing, when ``stopping`` is set meanwhile: the command is not acknowledged and comes back."""
-        while not self._finished.is_set():
-            if stopping is not None and stopping.is_set():
-                return False
+    # -- the port, on the consumer thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, deliveries: Sequence[Delivery], group_metadata: Callable[[], object]) -> Sequence[Delivery]:
+        now = time.monotonic()
+        for index, delivery in enumerate(deliveries):
+            source = delivery.record.source
+            entry = _Entry(delivery, now)
+            with self._lock:
+                self._pending.setdefault(source.partition_id, OrderedDict())[source.offset] = entry
             try:
-                self._queue.put((messages, token), timeout=0.2)
-                return True
+                self._queue.put_nowait(entry)
             except queue.Full:
-                continue
-        raise RuntimeError("the producer thread has stopped")
+                with self._lock:
+                    self._pending[source.partition_id].pop(source.offset, None)
+                return deliveries[index:]
+        return ()
+
+    def committable(self) -> dict[PartitionId, int]:
+        result = {}
+        with self._lock:
+            for tp, pending in self._pending.items():
+                last = None
+                while pending:
+                    offset, entry = next(iter(pending.items()))
+                    if not entry.done:
+                        break
+                    pending.popitem(last=False)
+                    last = offset
+                if last is not None:
+                    result[tp] = last + 1
+        return result
+
+    def release(self, partitions: set[PartitionId]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._pending.pop(tp, None)
+            self._changed.notify_all()
+
+    def _busy(self, partitions: set[PartitionId] | None) -> bool:
+        return any(
+            not entry.done
+            for tp, pending in self._pending.items()
+            if partitions is None or tp in partitions
+            for entry in pending.values()
+        )
+
+    def drain(self, partitions: set[PartitionId] | None, timeout_s: float, stopping: threading.Event) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._busy(partitions):
+                left = deadline - time.monotonic()
+                if left <= 0 or stopping.is_set() or self._fatal is not None or not self._thread.is_alive():
+                    return False
+                self._changed.wait(min(left, 0.1))
+        return True
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for pending in self._pending.values() for entry in pending.values() if not entry.done)
+
+    def oldest_wait_s(self) -> float:
+        now = time.monotonic()
+        oldest = now
+        with self._lock:
+            for pending in self._pending.values():
+                for entry in pending.values():  # in the order queued: the first not done is the oldest
+                    if not entry.done:
+                        oldest = min(oldest, entry.queued_at)
+                        break
+        return now - oldest
 
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Produce what is queued, wait for the broker's acknowledgements, stop."""
-        if not self._finished.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=timeout_s)
-        self.join(timeout_s)
+    def fatal(self) -> str | None:
+        return self._fatal
 
-    def _produce(self, messages: list[OutMessage], token: Hashable, replacing: bool = False) -> None:
-        remaining = [len(messages)]
-        failed = [False]
+    def close(self, timeout_s: float) -> None:
+        """Produce what is queued, wait up to ``timeout_s`` for the broker's acknowledgements, stop."""
+        self._close_by = time.monotonic() + timeout_s
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s + 0.5)
 
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                if not failed[0]:
-                    failed[0] = True
-                    self._on_failed(token, err)
-                return
-            remaining[0] -= 1
-            if remaining[0] == 0 and not failed[0]:
-                self._on_delivered(token)
+    # -- the producer thread --------------------------------------------------------------------------
 
-        for m in messages:
+    def _run(self) -> None:
+        try:
             while True:
                 try:
-                    self._producer.produce(m.topic, m.value, m.key, headers=m.headers, on_delivery=delivered)
-                    break
-                except BufferError:  # librdkafka's own queue is full: serve callbacks, then retry
-                    self._producer.poll(0.05)
-                except KafkaException as err:  # refused before sending (e.g. too large): never ack it
-                    if failed[0]:
-                        return
-                    failed[0] = True
-                    instead = None if replacing else self._on_refused(token, err.args[0])
-                    if instead:
-                        self._produce(instead, token, replacing=True)
-                    else:
-                        self._on_failed(token, err.args[0])
-                    return
-
-    def run(self) -> None:
-        try:
-            self._loop()
+                    entry = self._queue.get(timeout=0.02)
+                except queue.Empty:
+                    self._producer.poll(0)
+                    if self._closing.is_set():
+                        break
+                    continue
+                self._produce(entry)
+                self._producer.poll(0)
+            left = self._producer.flush(max(self._close_by - time.monotonic(), 0))
+            if left:
+                log.warning("%d messages were not acknowledged by the broker at shutdown", left)
         except Exception as err:  # never die silently: the handler must stop, not hang
             log.exception("producer thread failed")
-            self._on_failed("producer thread", KafkaError(KafkaError._FAIL, str(err)))
+            self._fatal = f"the producer thread failed: {err}"
         finally:
-            self._finished.set()
+            with self._changed:
+                self._changed.notify_all()
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=0.02)
-            except queue.Empty:
-                self._producer.poll(0)
-                continue
-            if item is _STOP:
-                break
-            self._produce(*item)
-            self._producer.poll(0)
-        remaining = self._producer.flush(30)
-        if remaining:
-            log.error("%d messages were not acknowledged by the broker at shutdown", remaining)
+    def _produce(self, entry: _Entry) -> None:
+        attempt = entry.attempt
+        remaining = [len(entry.delivery.messages)]
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if entry.attempt != attempt:
+                return  # a message of a delivery since replaced
+            if err is not None:
+                if err.code() in REFUSED_FOR_SIZE:
+                    self._refused(entry, err)
+                else:
+                    self._failed(entry, err)
+                return
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._done(entry)
+
+        for m in entry.delivery.messages:
+            while True:
+                try:
+                    self._producer.produce(m.topic, m.value, m.key, headers=list(m.headers), on_delivery=delivered)
+                    break
+                except BufferError:  # librdkafka's own queue is full: serve callbacks, then again
+                    if self._closing.is_set() and time.monotonic() > self._close_by:
+                        return  # stopping: never acknowledged, so never committed
+                    self._producer.poll(0.05)
+                except KafkaException as err:  # refused before sending (too large)
+                    self._refused(entry, err.args[0])
+                    return
+            if entry.attempt != attempt:
+                return
+
+    def _refused(self, entry: _Entry, err: KafkaError) -> None:
+        entry.attempt += 1  # what of it is still in flight no longer counts
+        instead = self._replacement(entry.delivery, err.str())
+        if instead is None:
+            self._failed(entry, err)
+            return
+        entry.delivery = instead
+        self._produce(entry)
+
+    def _failed(self, entry: _Entry, err: KafkaError) -> None:
+        if self._fatal is None:
+            self._fatal = f"the broker did not accept an output of {entry.delivery.record.source}: {err.str()}"
+        with self._changed:
+            self._changed.notify_all()
+
+    def _done(self, entry: _Entry) -> None:
+        source = entry.delivery.record.source
+        with self._changed:
+            pending = self._pending.get(source.partition_id)
+            if pending is None or pending.get(source.offset) is not entry:
+                return  # released meanwhile: the next owner's
+            entry.done = True
+            self._changed.notify_all()
+        self._telemetry.delivered(time.monotonic() - entry.queued_at)

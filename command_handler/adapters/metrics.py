@@ -5,7 +5,8 @@
 * ``open_bank_batch_size`` and ``open_bank_batch_seconds``: commands per database transaction, and the
   time from the first command's decoding to the batch's outputs being queued.
 * ``open_bank_dead_letters_total{reason}``: records set aside; reason one of ``null-value``,
-  ``not-avro``, ``unknown-schema``, ``not-a-command``, ``undecodable``, ``refused-by-database``.
+  ``not-avro``, ``unknown-schema``, ``not-a-command``, ``undecodable``, ``key-too-large``,
+  ``refused-by-database``, ``output-refused``.
 * ``open_bank_producer_queue_depth``: command outputs waiting for the producer thread.
 * ``open_bank_delivery_seconds``: from a command's outputs being queued to the broker's
   acknowledgement of all of them.
@@ -57,6 +58,26 @@ class Metrics:
             "open_bank_consumer_lag", "Records behind the end of an assigned partition", ["partition"], registry=r
         )
         self.db_retries = Counter("open_bank_db_retries", "Database retries", ["kind"], registry=r)
+
+    # the service layer's Telemetry port
+    def command(self, kind: str, outcome: str) -> None:
+        self.commands.labels(type=kind, outcome=outcome).inc()
+
+    def dead_lettered(self, kind: str) -> None:
+        self.dead_letters.labels(reason=kind).inc()
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def db_retry(self, kind: str) -> None:
+        self.db_retries.labels(kind=kind).inc()
+
+    def delivered(self, seconds: float) -> None:
+        self.delivery_seconds.observe(seconds)
+
+    def released(self, partitions: list[int]) -> None:
+        self.forget_partitions(partitions)
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.producer_queue_depth.set_function(depth)

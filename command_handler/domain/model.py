@@ -26,14 +26,55 @@ class ConfirmMoneyTransfer:
 Command = ConfirmAccountCreation | ConfirmMoneyTransfer
 
 
+PartitionId = tuple[str, int]  # (topic, partition)
+
+
 @dataclass(frozen=True)
 class Source:
-    """The record a command was read from. A redelivery of the same record has the same source;
-    a client that retries sends a new record (another source) with the same command id."""
+    """Where a record is: the one position type of the project. A redelivery of the same record has the
+    same source; a client that retries sends a new record (another source) with the same command id."""
 
     topic: str
     partition: int
     offset: int
+
+    @property
+    def partition_id(self) -> PartitionId:
+        return (self.topic, self.partition)
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+Header = tuple[str, bytes | None]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record, as the pipeline sees it: no client library's type."""
+
+    source: Source
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """A record to write."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+    def size(self) -> int:
+        """Bytes of key, value and headers (what a producer's message size limit counts, less overhead)."""
+        return (
+            len(self.key or b"")
+            + len(self.value or b"")
+            + sum(len(name) + len(value or b"") for name, value in self.headers)
+        )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -106,6 +108,9 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
             ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
 
 
+STOP_WITHIN_S = 9.0  # after SIGTERM the process is gone within this long, whatever it waits for
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import faulthandler
     import signal
@@ -117,7 +122,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from command_handler.adapters.health import Health, serve_health
     from command_handler.adapters.metrics import Metrics
     from command_handler.bootstrap import build_handler
-    from command_handler.entrypoints.consumer import HandlerLoop, handler_loop
+    from command_handler.service_layer.loop import HandlerLoop
 
     health, metrics = Health(), Metrics()
     if settings.health_port:
@@ -135,28 +140,41 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings.kafka.group_id,
     )
     # Signal handlers come first: during the start-up wait a SIGTERM ends the process at once (as PID 1
-    # in a container, a signal without a handler would be ignored); once the loop runs, it drains and stops.
+    # in a container, a signal without a handler would be ignored); once the loop runs, it drains and stops,
+    # and a watchdog ends the process should a shutdown step wait on a broker that is away.
     running: list[HandlerLoop] = []
 
     def on_signal(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if running:
-            running[0].request_stop(name)
-        else:
+        if not running:
             raise StartupInterrupted(name)
+        running[0].request_stop(name)
+        threading.Thread(target=_exit_after, args=(STOP_WITHIN_S, name), name="stop-watchdog", daemon=True).start()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        running.append(handler_loop(build_handler(settings, sync_first=args.sync, metrics=metrics), health))
+        running.append(build_handler(settings, health, sync_first=args.sync, metrics=metrics))
     except StartupInterrupted as stop:
         log.info("stopped during start-up (%s)", stop)
         return 0
     return running[0].run()
 
 
-class StartupInterrupted(Exception):
-    """SIGTERM or SIGINT arrived while the handler was still waiting for its services."""
+def _exit_after(seconds: float, why: str) -> None:
+    """The last resort of a shutdown that waits too long (outputs for a broker that is away): what was not
+    committed comes again, so ending here loses nothing."""
+    time.sleep(seconds)
+    log.warning(
+        "still stopping %.0fs after %s: exiting now (what was not committed will be handled again)", seconds, why
+    )
+    logging.shutdown()
+    os._exit(0)
+
+
+class StartupInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived while the handler was still waiting for its services: a BaseException, so
+    that no retry of the start-up wait (which catches ``Exception``) swallows it."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,7 @@
 """What the service layer needs from the outside, as Protocols: the ledger and its unit of work, the
-topic administration and the schema registry (``adapters.kafka_admin``, ``adapters.schema_registry``).
+topic administration and the schema registry (``adapters.kafka_admin``, ``adapters.schema_registry``),
+the source of command records (``adapters.kafka_consumer``), the telemetry (``adapters.metrics``) and
+the readiness state (``adapters.health``). The output port is ``delivery.Output``.
 
 ``adapters.ledger`` implements them on PostgreSQL; the unit tests implement
 them in memory. Implementations raise the project's own ``Conflict``,
@@ -9,12 +11,12 @@ exception.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from command_handler.domain.model import ConfirmAccountCreation, Outcome, Source
+from command_handler.domain.model import ConfirmAccountCreation, Outcome, PartitionId, Record, Source
 from command_handler.domain.rules import Account
 
 
@@ -102,4 +104,83 @@ class SchemaRegistry(Protocol):
 
     def register(self, subject: str, schema_str: str) -> int:
         """Register ``schema_str`` under ``subject``; IncompatibleSchema when refused."""
+        ...
+
+
+class Telemetry(Protocol):
+    """What the consumer loop counts and times (Prometheus metrics in production)."""
+
+    def command(self, kind: str, outcome: str) -> None: ...
+
+    def dead_lettered(self, kind: str) -> None: ...
+
+    def batch(self, size: int, seconds: float) -> None: ...
+
+    def db_retry(self, kind: str) -> None: ...
+
+    def delivered(self, seconds: float) -> None: ...
+
+    def released(self, partitions: list[int]) -> None: ...
+
+    def watch_queue(self, depth: Callable[[], int]) -> None: ...
+
+
+class Readiness(Protocol):
+    """The health state the loop keeps up to date: a heartbeat, ready or not, and why."""
+
+    ready: bool
+    reason: str
+
+    def beat(self) -> None: ...
+
+
+class RebalanceListener(Protocol):
+    """Told of the group's rebalances, from inside ``CommandSource.poll``."""
+
+    def assigned(self, partitions: set[PartitionId]) -> bool:
+        """New partitions; True when they are to start paused (a dependency is being waited for)."""
+        ...
+
+    def revoked(self, partitions: set[PartitionId]) -> None:
+        """Taken away in order: what is done may still be committed."""
+        ...
+
+    def lost(self, partitions: set[PartitionId]) -> None:
+        """Taken away without a chance to commit."""
+        ...
+
+
+class CommandSource(Protocol):
+    """The consumer of the command topic, in the pipeline's terms."""
+
+    def subscribe(self, listener: RebalanceListener) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first; serves rebalances."""
+        ...
+
+    def assignment(self) -> set[PartitionId]: ...
+
+    def pause(self, partitions: Iterable[PartitionId]) -> None: ...
+
+    def resume(self, partitions: Iterable[PartitionId]) -> None: ...
+
+    def rewind(self, source: Source) -> None:
+        """Consume again from ``source`` (a record put back: its partition was held or paused)."""
+        ...
+
+    def store(self, offsets: dict[PartitionId, int]) -> None:
+        """Next offsets that may be committed; the source commits what was stored at a bounded rate."""
+        ...
+
+    def commit(self) -> None:
+        """Commit what was stored, now and synchronously (a revoke)."""
+        ...
+
+    def group_metadata(self) -> object:
+        """The group's metadata, for a transaction's offsets (fencing of zombies, KIP-447)."""
+        ...
+
+    def close(self) -> None:
+        """Commit what was stored and leave the group."""
         ...

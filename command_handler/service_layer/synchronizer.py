@@ -43,6 +43,11 @@ class SyncReport:
         return out
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Copies a write needs before it is acknowledged (``acks=all``): 2 of 3, 1 of 1 or 2."""
+    return max(1, min(replication - 1, 2))
+
+
 def sync_topics(admin: TopicAdmin, topology: Topology, report: SyncReport, prune: bool = False) -> None:
     brokers = admin.broker_count()
     existing = admin.topics()
@@ -55,7 +60,14 @@ def sync_topics(admin: TopicAdmin, topology: Topology, report: SyncReport, prune
                 )
             continue
         replication = min(topic.replication_factor, brokers)
-        if admin.create_topic(topic.name, topic.partitions, replication, topic.config):
+        if replication < topic.replication_factor:
+            report.topic_warnings.append(
+                f"{topic.name}: replication factor {replication}, not {topic.replication_factor}: "
+                f"only {brokers} brokers (acks=all is then met by fewer copies)"
+            )
+        # acks=all means at least this many copies: all but one of the replicas (a lone replica: itself)
+        config = {"min.insync.replicas": str(min_insync_replicas(replication)), **topic.config}
+        if admin.create_topic(topic.name, topic.partitions, replication, config):
             report.topics_created.append(topic.name)
         else:
             report.topics_present.append(topic.name)
