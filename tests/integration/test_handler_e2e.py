@@ -333,10 +333,17 @@ def test_a_schema_id_the_registry_learns_late_is_waited_for_not_dead_lettered(
     assert key not in {m.key() for m in dead_letters(world, 10**6, tries=20)}
 
 
-def test_handler_logs_where_poison_came_from(handler: HandlerProcess) -> None:
-    handler.wait_until("set aside ")
-    line = next(x for x in handler.output().splitlines() if "set aside " in x)
-    assert "@" in line and "commands_" in line
+def test_handler_logs_where_poison_came_from(client: BankClient, world: World, handler: HandlerProcess) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": world.settings.kafka.brokers})
+    producer.produce(world.settings.topics.commands, b"not avro at all", f"log-{uuid4()}".encode(), partition=3)
+    assert producer.flush(10) == 0
+    topic = world.settings.topics.commands
+    where = f"set aside {topic}/3@"
+    handler.wait_until(where)
+    line = next(x for x in handler.output().splitlines() if where in x)
+    assert "not Confluent-framed Avro" in line
 
 
 def test_health_and_refusal_without_sync(world: World, tmp_path: Path) -> None:
@@ -408,24 +415,34 @@ def test_metrics_move_with_what_the_handler_does(client: BankClient, handler: Ha
     assert ("open_bank_producer_queue_depth", ()) in after
 
 
-def test_a_command_whose_answer_cannot_be_written_is_dead_lettered_and_the_partition_goes_on(
+def test_a_command_whose_answer_could_not_be_written_is_set_aside_unapplied_and_its_partition_goes_on(
     client: BankClient, world: World, handler: HandlerProcess
 ) -> None:
-    """Its key (999,990 bytes) fits the broker's limit for the command, but the answer, keyed like it,
-    exceeds the producer's 1,000,000 bytes: refused before sending. The handler must not stop."""
+    """Its key (999,990 bytes) fits the broker's limit for the command, but an answer, keyed like it, would
+    exceed the producer's 1,000,000 bytes. The command is not applied (no account without an answer), it
+    is set aside with the reason, and the next command of the same partition is answered."""
     from confluent_kafka import Producer
 
     huge_key = b"k" * 999_990
-    command_id = uuid4()
+    command_id, after_id = uuid4(), uuid4()
     value = client.encode("ConfirmAccountCreation", {"id": command_id.bytes, "username": "huge-key"})
+    after = client.encode("ConfirmAccountCreation", {"id": after_id.bytes, "username": "after-huge-key"})
     producer = Producer({"bootstrap.servers": world.settings.kafka.brokers, "message.max.bytes": 1_048_576})
     producer.produce(world.settings.topics.commands, value, huge_key, partition=0)
+    producer.produce(world.settings.topics.commands, after, b"after-huge-key", partition=0)  # the same partition
     assert producer.flush(10) == 0
-    after = client.open_account("after-huge-key")  # on the same partition: it must not be stuck
-    assert client.wait_for(after).record == "AccountCreationConfirmed"
-    letters = [m for m in dead_letters(world, 100) if dict(m.headers() or []).get("dlq.key-omitted")]
+    assert client.wait_for(after_id).record == "AccountCreationConfirmed"
+    letters = [
+        m for m in dead_letters(world, 100) if b"key (999990 bytes)" in dict(m.headers() or []).get("dlq.omitted", b"")
+    ]
     assert len(letters) == 1
     headers = dict(letters[0].headers())
-    assert b"cannot be written" in headers["dlq.error"] and letters[0].value() == value
-    assert letters[0].key() is None and headers["dlq.key-omitted"] == b"999990 bytes"
+    assert b"an answer can carry" in headers["dlq.error"] and letters[0].value() == value
+    assert letters[0].key() is None and headers["dlq.partition"] == b"0"
+    engine = create_engine(world.settings.database.url())
+    with engine.connect() as conn:  # not applied: no claim, no account
+        claimed = conn.execute(text("SELECT count(*) FROM cac WHERE uuid = :u"), {"u": command_id}).scalar_one()
+        accounts = conn.execute(text("SELECT count(*) FROM balance WHERE username = 'huge-key'")).scalar_one()
+    engine.dispose()
+    assert claimed == 0 and accounts == 0
     assert handler.process.poll() is None  # still running

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -138,6 +138,13 @@ def check_ledger(world: World, client: BankClient, accounts: dict[str, dict], se
     return outcome
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
+        time.sleep(0.05)
+
+
 def test_kill_9_under_load_then_restart_loses_nothing_and_applies_nothing_twice(world: World, tmp_path: Path) -> None:
     first = HandlerProcess(world, tmp_path, name="first").wait_ready()
     client = BankClient(world.settings)
@@ -179,11 +186,16 @@ def test_two_handlers_with_duplicated_commands_across_rebalances(world: World, t
 
         producer = threading.Thread(target=produce)
         producer.start()
-        time.sleep(1.0)
+
+        def answered_batches(n: int) -> Callable[[], bool]:  # n batches of 25 sent, and all answered
+            return lambda: len(sent) >= 25 * n and all(client.feedback.get(s.id) for s in list(sent)[: 25 * n])
+
+        wait_for(answered_batches(5), "the first handler answers under load")
         second = HandlerProcess(world, tmp_path, name="b", sync=False)  # joins: rebalance
         second.wait_until("assigned")
         first.wait_until("revoked")  # the first gave partitions up to the second while running
-        time.sleep(1.5)
+        done_before = len(sent) // 25
+        wait_for(answered_batches(min(done_before + 5, 40)), "both handlers answer commands sent after the rebalance")
         assert first.terminate() == 0  # leaves: rebalance again, while commands keep coming
         producer.join()
         outcome = check_ledger(world, client, accounts, sent)

@@ -46,6 +46,15 @@ def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 60) 
         time.sleep(0.1)
 
 
+def db_retries(port: int) -> float:
+    """The handler's ``open_bank_db_retries_total{kind="unavailable"}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('open_bank_db_retries_total{kind="unavailable"}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def dead_letter_count(world: World) -> int:
     settings = world.settings
     consumer = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": f"count-{uuid4()}"})
@@ -86,7 +95,8 @@ def test_a_read_only_database_longer_than_the_poll_interval_is_waited_for_in_the
             _, report = readiness(handler.health_port)
             assert "database" in report["state"], report
             assert not any(client.feedback.get(i) for i in sent)  # nothing answered, nothing lost yet
-            time.sleep(12)  # past max.poll.interval.ms
+            # the outage outlasts max.poll.interval.ms: 8 retries of the backoff (0.1 s doubling to 5 s) are 16 s
+            eventually(lambda: db_retries(handler.health_port) >= 8, "eight retries of the database", 90)
             assert not any(client.feedback.get(i) for i in sent)
             admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
             cut_connections(admin, database)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from sqlalchemy import text
@@ -162,7 +162,14 @@ def test_down_then_up_keeps_topics_offsets_and_balances(own_stack: dict[str, str
     group = f"kept-{unique}"
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
     end = consumer.get_watermark_offsets(TopicPartition("commands", 0), timeout=10)[1]
-    consumer.commit(offsets=[TopicPartition("commands", 0, end)], asynchronous=False)
+    for attempt in range(50):  # a broker just started may still be loading its coordinator (retriable)
+        try:
+            consumer.commit(offsets=[TopicPartition("commands", 0, end)], asynchronous=False)
+            break
+        except KafkaException as err:
+            if not err.args[0].retriable() or attempt == 49:
+                raise
+            time.sleep(0.2)
     consumer.close()
     settings = load_settings(own_stack)
     engine = make_engine(settings.database)

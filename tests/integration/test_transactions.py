@@ -22,6 +22,40 @@ from .handler_process import HandlerProcess, World, isolated_world
 pytestmark = pytest.mark.integration
 
 
+def settled(world: World, client: BankClient, timeout_s: float = 60) -> None:
+    """Wait until the handler's group committed the end of every command partition, and the client read
+    to the end of every topic it reads (read_committed: the last stable offset)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    settings = world.settings
+    probe = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.brokers,
+            "group.id": settings.kafka.group_id,
+            "isolation.level": "read_committed",
+        }
+    )
+    topic = settings.topics.commands
+    partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+            committed = [c.offset for c in probe.committed(partitions, timeout=10)]
+            read = client.consumer.assignment()
+            behind = [
+                tp
+                for tp in client.consumer.position(read)
+                if tp.offset < client.consumer.get_watermark_offsets(tp, timeout=10)[1]
+            ]
+            if all(c >= e for c, e in zip(committed, ends, strict=True) if e > 0) and not behind:
+                return
+            assert time.monotonic() < deadline, "the handler or the client did not catch up"
+            time.sleep(0.1)
+    finally:
+        probe.close()
+
+
 @pytest.fixture
 def world(services: Services) -> Iterator[World]:
     if services.env.get("STACK_BROKER") == "tansu":
@@ -48,7 +82,7 @@ def test_a_handler_killed_mid_stream_leaves_no_duplicate_for_read_committed_read
         handler = HandlerProcess(world, tmp_path, name="txn-2", KAFKA_TRANSACTIONS="true").wait_ready()
         client.wait_all(sent, 120)
         client.wait_events(opened["iban"], len(sent), 60)
-        time.sleep(2)  # anything written twice would show by now
+        settled(world, client)  # everything handled and committed, and read by the client: no more can come
         answers = Counter({i: len(client.feedback[i]) for i in sent})
         assert max(answers.values()) == 1, answers.most_common(3)
         events = client.events_for(opened["iban"])  # in the order of their partition

@@ -293,4 +293,4 @@ def test_a_refused_batch_of_one_is_returned_without_retrying(service: CommandSer
     bank.refuse.add(bad.id)
     (result,) = service.handle_isolated([bad])
     assert isinstance(result, Rejected)
-    assert bank.commits == 0
+    assert bank.commits == 0 and bank.rollbacks == 1  # one transaction: not tried again on its own

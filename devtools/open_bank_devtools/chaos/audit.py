@@ -63,11 +63,12 @@ class Findings:
         if len(self.examples[what]) < 5:
             self.examples[what].append(example)
 
-    def line(self, faults: int) -> str:
+    def line(self, faults: int, scheduled: int | None = None) -> str:
         return (
             f"chaos: sent {self.sent} answered {self.answered} lost {self.lost} conflicting {self.conflicting} "
             f"wrongly-dead-lettered {self.wrongly_dead_lettered} money-delta {self.money_delta} "
-            f"ledger-mismatches {self.ledger_mismatches} events-missing {self.events_missing} faults {faults}"
+            f"ledger-mismatches {self.ledger_mismatches} events-missing {self.events_missing} "
+            f"unaccounted {self.unaccounted} faults {faults}" + (f" of {scheduled}" if scheduled is not None else "")
         )
 
     def clean(self, exactly_once: bool = False) -> bool:

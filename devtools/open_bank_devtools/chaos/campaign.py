@@ -42,11 +42,18 @@ HANDLERS = 3
 SESSION_TIMEOUT_MS = 6000
 
 
+FAULT_KINDS = ("kill", "freeze", "db-stop", "db-read-only", "registry-down", "broker-restart", "hostile-burst")
+
+
 @dataclass(frozen=True)
 class Fault:
     at_s: float
-    kind: str  # kill, freeze, db-stop, db-read-only, registry-down, broker-restart, hostile-burst
+    kind: str  # one of FAULT_KINDS
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r} (known: {', '.join(FAULT_KINDS)})")
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,9 @@ class Load:
                 "enable.idempotence": True,
                 "linger.ms": 5,
                 "message.timeout.ms": 600_000,  # ride out a broker restart
+                # the corpus's records with huge keys or headers: over the handler's limit, within the broker's
+                "compression.type": "lz4",
+                "message.max.bytes": 2_000_000,
             }
         )
         self.acked: set[uuid.UUID] = set()
@@ -216,7 +226,7 @@ class Load:
         self._thread.join(30)
         self.producer.flush(120)
 
-    def send(self, key: bytes | None, value: bytes | None, command_id: uuid.UUID | None) -> None:
+    def send(self, key: bytes | None, value: bytes | None, command_id: uuid.UUID | None, headers: tuple = ()) -> None:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             with self._lock:
                 if err is not None:
@@ -226,7 +236,7 @@ class Load:
 
         while True:
             try:
-                self.producer.produce(self.topic, value, key, on_delivery=delivered)
+                self.producer.produce(self.topic, value, key, headers=list(headers), on_delivery=delivered)
                 break
             except BufferError:
                 self.producer.poll(0.05)
@@ -311,6 +321,7 @@ class Campaign:
         self.rng = random.Random(seed)
         self.started = 0.0
         self.faults_done = 0
+        self.faults_failed: list[str] = []
         self.handlers: list[Handler] = []
         self._lock = threading.Lock()
 
@@ -398,8 +409,12 @@ class Campaign:
         bad_stops = [name for name, code, _ in stops if code != 0]
         if bad_stops:
             self.say(f"handlers that did not exit 0 on SIGTERM: {bad_stops}")
-        self.out(findings.line(self.faults_done))
-        ok = findings.clean(exactly_once=self.transactions) and not unexpected and not bad_stops
+        scheduled = len(self.preset.faults)
+        if self.faults_failed or self.faults_done != scheduled:
+            self.say(f"faults injected: {self.faults_done} of {scheduled}; failed: {self.faults_failed or 'none'}")
+        self.out(findings.line(self.faults_done, scheduled))
+        injected = not self.faults_failed and self.faults_done == scheduled
+        ok = findings.clean(exactly_once=self.transactions) and not unexpected and not bad_stops and injected
         return 0 if ok else 1
 
     def _open_accounts(self, client: BankClient) -> list[Account]:
@@ -471,13 +486,27 @@ class Campaign:
         for thread in threads:
             thread.join(120)
 
+    def _injector(self, kind: str) -> Callable[[Fault, Scene], None]:
+        return {
+            "kill": self._kill,
+            "freeze": self._freeze,
+            "db-stop": self._db_stop,
+            "db-read-only": self._db_read_only,
+            "registry-down": self._registry_down,
+            "broker-restart": self._broker_restart,
+            "hostile-burst": self._hostile_burst,
+        }[kind]
+
     def _inject(self, fault: Fault, scene: Scene) -> None:
         try:
-            getattr(self, "_" + fault.kind.replace("-", "_"))(fault, scene)
+            self._injector(fault.kind)(fault, scene)
             with self._lock:
                 self.faults_done += 1
-        except Exception as err:  # a fault that could not be made is reported, the campaign goes on
-            self.say(f"fault {fault.kind} failed: {type(err).__name__}: {err}")
+        except Exception as err:  # the campaign goes on, and fails: its scenario did not happen
+            failure = f"{fault.kind} at {fault.at_s:g}s: {type(err).__name__}: {err}"
+            with self._lock:
+                self.faults_failed.append(failure)
+            self.say(f"fault {failure}")
 
     def _pick(self) -> Handler:
         with self._lock:
@@ -547,7 +576,7 @@ class Campaign:
             scene.next_hostile += self.preset.burst
         burst = scene.hostile[start : start + self.preset.burst]
         for record in burst:
-            scene.load.send(record.key, record.value, None)
+            scene.load.send(record.key, record.value, None, record.headers)
         kinds = len({r.kind for r in burst})
         self.say(f"hostile burst: {len(burst)} records of {kinds} kinds")
 

@@ -1,8 +1,9 @@
 """A seeded corpus of hostile records for the commands topic.
 
 Every kind the fault campaign names: random bytes, truncated and bit-flipped Avro,
-a wrong magic byte, unknown and foreign schema ids, other record types, null key
-or value, non-UTF-8 and huge keys, huge and NUL-bearing strings, amounts 0,
+a wrong magic byte, unknown (fixed and ever new) and foreign schema ids, other record
+types, null key or value, non-UTF-8 and huge keys (on valid commands too), huge headers,
+huge and NUL-bearing strings, amounts 0,
 negative, 2^63-1 and overflowing sums, ids of the wrong length. The same seed
 gives the same corpus. What the handler must do with each record is judged by
 ``audit`` from what came out (an answer to the id it decodes to, or a dead letter
@@ -25,6 +26,7 @@ class Hostile:
     kind: str
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,22 @@ def corpus(seed: int, count: int, encode: Encode, foreign_id: int, output_id: in
         "null-key": lambda: Hostile("null-key", None, transfer()),
         "non-utf8-key": lambda: Hostile("non-utf8-key", b"\xff\xfe\xc3(" + rng.randbytes(8), transfer()),
         "huge-key": lambda: Hostile("huge-key", rng.randbytes(rng.randint(10_000, 300_000)), transfer()),
+        # a valid deposit whose key is too large for any answer (sent compressed, it fits the broker):
+        # set aside unapplied, never money moved without an answer
+        "huge-key-valid-command": lambda: Hostile(
+            "huge-key-valid-command", b"K" * rng.randint(990_000, 1_200_000), transfer(amount=rng.randint(1, 100))
+        ),
+        # a record that fits the broker with its headers, whose dead letter must be cut to fit too
+        "huge-headers": lambda: Hostile(
+            "huge-headers",
+            key(),
+            rng.randbytes(rng.randint(800_000, 840_000)),
+            tuple((f"h{n}", rng.randbytes(8_000)) for n in range(20)),
+        ),
+        # ever new schema ids on ever new keys: each holds only its own partition, briefly
+        "fresh-unknown-schema-id": lambda: Hostile(
+            "fresh-unknown-schema-id", key(), framed(rng.randint(2**30, 2**31 - 100), transfer()[5:])
+        ),
         "huge-string": lambda: Hostile(
             "huge-string",
             key(),
