@@ -24,7 +24,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from command_handler.domain.model import PartitionId
+from command_handler.domain.model import OutMessage, PartitionId
 from command_handler.service_layer.delivery import Delivery
 from command_handler.service_layer.ports import Telemetry
 
@@ -40,6 +40,24 @@ def acknowledged_conf(producer_conf: dict[str, Any]) -> dict[str, Any]:
     """No delivery time-out: while the broker is away, outputs wait in the producer (the loop waits in its
     group and reports not-ready), rather than failing after librdkafka's default of 300 s."""
     return {**producer_conf, "message.timeout.ms": 0}
+
+
+def produce_waiting(
+    producer: Any, message: OutMessage, on_delivery: Callable[..., None], give_up: Callable[[], bool]
+) -> bool:
+    """Produce ``message``, serving delivery reports while librdkafka's own queue is full; False when
+    ``give_up`` says so first. Raises ``KafkaException`` for a message refused before sending. The one
+    produce loop of both output adapters."""
+    while True:
+        try:
+            producer.produce(
+                message.topic, message.value, message.key, headers=list(message.headers), on_delivery=on_delivery
+            )
+            return True
+        except BufferError:
+            if give_up():
+                return False
+            producer.poll(0.05)
 
 
 class _Entry:
@@ -204,19 +222,17 @@ class AcknowledgedOutput:
                 self._done(entry)
 
         for m in entry.delivery.messages:
-            while True:
-                try:
-                    self._producer.produce(m.topic, m.value, m.key, headers=list(m.headers), on_delivery=delivered)
-                    break
-                except BufferError:  # librdkafka's own queue is full: serve callbacks, then again
-                    if self._closing.is_set() and time.monotonic() > self._close_by:
-                        return  # stopping: never acknowledged, so never committed
-                    self._producer.poll(0.05)
-                except KafkaException as err:  # refused before sending (too large)
-                    self._refused(entry, err.args[0])
-                    return
+            try:
+                if not produce_waiting(self._producer, m, delivered, self._past_closing):
+                    return  # stopping: never acknowledged, so never committed
+            except KafkaException as err:  # refused before sending (too large)
+                self._refused(entry, err.args[0])
+                return
             if entry.attempt != attempt:
                 return
+
+    def _past_closing(self) -> bool:
+        return self._closing.is_set() and time.monotonic() > self._close_by
 
     def _refused(self, entry: _Entry, err: KafkaError) -> None:
         entry.attempt += 1  # what of it is still in flight no longer counts

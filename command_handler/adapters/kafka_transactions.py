@@ -32,8 +32,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from command_handler.adapters.kafka_producer import REFUSED_FOR_SIZE, Replacement
-from command_handler.domain.model import PartitionId, Source
+from command_handler.adapters.kafka_producer import REFUSED_FOR_SIZE, Replacement, produce_waiting
+from command_handler.domain.model import OutMessage, PartitionId, Source
 from command_handler.errors import Fenced, OutputRefused, Unavailable
 from command_handler.service_layer.delivery import Delivery
 from command_handler.service_layer.ports import Telemetry
@@ -187,28 +187,26 @@ class TransactionalOutput:
                     refused.append(_Refusal(index, err))
 
             for m in delivery.messages:
-                self._produce_one(m.topic, m.value, m.key, list(m.headers), delivered, index)
+                self._produce_one(m, delivered, index)
         self._producer.poll(0)
 
-    def _produce_one(self, topic: str, value: Any, key: Any, headers: Any, delivered: Any, index: int) -> None:
+    def _produce_one(self, message: OutMessage, delivered: Callable[..., None], index: int) -> None:
         deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
-                return
-            except BufferError:  # librdkafka's queue is full: let it send, then go on (or give up: retried)
-                if time.monotonic() > deadline or self._stopping.is_set():
-                    self._abort()
-                    raise Unavailable("the transactional producer's queue stayed full") from None
-                self._producer.poll(0.05)
-            except KafkaException as err:
-                error: KafkaError = err.args[0]
-                if error.fatal():
-                    raise Fenced(error.str()) from err
-                if error.retriable() or error.txn_requires_abort():
-                    self._abort()
-                    raise Unavailable(error.str()) from err
-                raise _Refusal(index, error) from err
+        try:
+            taken = produce_waiting(
+                self._producer, message, delivered, lambda: time.monotonic() > deadline or self._stopping.is_set()
+            )
+        except KafkaException as err:
+            error: KafkaError = err.args[0]
+            if error.fatal():
+                raise Fenced(error.str()) from err
+            if error.retriable() or error.txn_requires_abort():
+                self._abort()
+                raise Unavailable(error.str()) from err
+            raise _Refusal(index, error) from err
+        if not taken:  # librdkafka's queue stayed full: given up, the batch is retried
+            self._abort()
+            raise Unavailable("the transactional producer's queue stayed full")
 
     def _commit(self) -> None:
         try:

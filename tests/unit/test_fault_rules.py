@@ -95,3 +95,100 @@ def test_a_value_the_driver_refuses_is_a_rejection_not_an_outage() -> None:
 
     refused = DataError("SELECT", {}, psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
     assert isinstance(classify(refused), Rejected)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "enable.ssl.certificate.verification=false",
+        "security.protocol=plaintext",
+        "ssl.endpoint.identification.algorithm=none",
+        "ssl.ca.location=/tmp/other-ca.pem",
+    ],
+)
+def test_the_extras_cannot_weaken_the_connections_security(setting: str) -> None:
+    option = setting.split("=")[0]
+    for variable in ("KAFKA_PRODUCER_EXTRA", "KAFKA_CONSUMER_EXTRA"):
+        with pytest.raises(ConfigError, match=f"{variable} may not set {option}: the connection's security"):
+            load_settings({variable: setting})
+
+
+@pytest.mark.parametrize("setting", ["message.timeout.ms=300000", "delivery.timeout.ms=1000"])
+def test_the_extras_cannot_bring_back_a_delivery_time_out(setting: str) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_PRODUCER_EXTRA may not set"):
+        load_settings({"KAFKA_PRODUCER_EXTRA": setting})
+
+
+def test_cooperative_rebalancing_is_refused_at_start_with_a_clear_message() -> None:
+    with pytest.raises(ConfigError, match="cooperative-sticky is not supported"):
+        load_settings({"KAFKA_CONSUMER_EXTRA": "partition.assignment.strategy=cooperative-sticky"})
+    load_settings({"KAFKA_CONSUMER_EXTRA": "partition.assignment.strategy=roundrobin"})  # eager: fine
+
+
+def test_configuration_errors_never_repeat_a_secret() -> None:
+    with pytest.raises(ConfigError) as malformed:
+        load_settings({"KAFKA_PRODUCER_EXTRA": "linger.ms=5;sasl.password:hunter2"})
+    assert "hunter2" not in str(malformed.value) and "entry 2 of 2 is not 'key=value'" in str(malformed.value)
+    with pytest.raises(ConfigError) as bad_url:
+        load_settings({"SCHEMA_REGISTRY_URL": "ftp://svc:s3cret@registry.example"})
+    assert "s3cret" not in str(bad_url.value) and "SCHEMA_REGISTRY_URL must be http" in str(bad_url.value)
+
+
+def test_outputs_never_time_out_and_offsets_are_committed_by_librdkafka_at_a_bounded_rate() -> None:
+    from command_handler.adapters.kafka_producer import acknowledged_conf
+    from command_handler.bootstrap import kafka_consumer_conf, kafka_producer_conf
+
+    settings = load_settings({})
+    assert acknowledged_conf(kafka_producer_conf(settings))["message.timeout.ms"] == 0
+    conf = kafka_consumer_conf(settings)
+    assert conf["enable.auto.commit"] is True and conf["enable.auto.offset.store"] is False
+    assert conf["auto.commit.interval.ms"] == 1000
+    transactional = kafka_consumer_conf(load_settings({"KAFKA_TRANSACTIONS": "true"}))
+    assert transactional["enable.auto.commit"] is False  # the transactions commit the offsets
+
+
+def test_the_registry_client_does_not_retry_inside_the_loops_wait() -> None:
+    assert load_settings({}).registry.client_conf()["max.retries"] == 0
+
+
+def test_topics_get_min_insync_replicas_with_their_replication_factor() -> None:
+    from command_handler.service_layer.synchronizer import SyncReport, min_insync_replicas, sync_topics
+    from command_handler.topology import load_topology
+
+    assert [min_insync_replicas(r) for r in (1, 2, 3, 5)] == [1, 1, 2, 2]
+
+    class Admin:
+        created: dict[str, tuple[int, dict[str, str]]] = {}
+
+        def broker_count(self) -> int:
+            return 1
+
+        def topics(self) -> dict[str, int]:
+            return {}
+
+        def create_topic(self, name: str, partitions: int, replication: int, config: dict[str, str]) -> bool:
+            self.created[name] = (replication, config)
+            return True
+
+        def wait_listed(self, names: list[str], timeout_s: float = 30) -> None:
+            pass
+
+        def delete_topic(self, name: str) -> None:
+            pass
+
+    report = SyncReport()
+    admin = Admin()
+    sync_topics(admin, load_topology(), report)
+    assert all(r == 1 and c["min.insync.replicas"] == "1" for r, c in admin.created.values())
+    assert any("replication factor 1, not 3" in w for w in report.topic_warnings)  # capped, and said so
+
+
+def test_a_signal_during_the_start_up_wait_is_never_swallowed_by_the_retry() -> None:
+    from command_handler.entrypoints.cli import StartupInterrupted
+    from command_handler.retry import retry
+
+    def attempt() -> None:
+        raise StartupInterrupted("SIGTERM")
+
+    with pytest.raises(StartupInterrupted):
+        retry(attempt, "the broker", timeout_s=60, first_delay_s=0.01)
