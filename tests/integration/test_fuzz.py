@@ -24,6 +24,16 @@ SEED = 1123
 COUNT = 1000
 
 
+KNOWN_REASONS = (  # how dead letters' reasons begin, by kind
+    "not Confluent-framed",
+    "unknown schema id",
+    "is not a command record",
+    "null value",
+    "cannot",
+    "an answer can carry",
+)
+
+
 @pytest.fixture
 def world(services: Services) -> Iterator[World]:
     with isolated_world(services.env, "fuzz" + uuid4().hex[:8]) as w:
@@ -83,31 +93,16 @@ def test_a_thousand_hostile_records_are_answered_or_dead_lettered_and_the_good_o
     assert findings.unaccounted == 0, findings.examples
     assert findings.clean(), (findings.line(0), dict(findings.examples))
     reasons = Counter(kind for kind in _dead_letter_reasons(world))
-    for expected in (
-        "not Confluent-framed",
-        "unknown schema id",
-        "is not a command record",
-        "null value",
-        "cannot",
-        "an answer can carry",
-    ):
+    for expected in KNOWN_REASONS:
         assert reasons[expected] > 0, reasons
     assert findings.dead_lettered == sum(reasons.values())
 
 
 def _dead_letter_reasons(world: World) -> list[str]:
     t = world.settings.topics
-    known = (
-        "not Confluent-framed",
-        "unknown schema id",
-        "is not a command record",
-        "null value",
-        "cannot",
-        "an answer can carry",
-    )
     out = []
     for msg in audit.read_topics(world.settings, [t.dead_letter])[t.dead_letter]:
         reason = dict(msg.headers() or [])["dlq.error"]
         assert isinstance(reason, bytes) and reason
-        out.append(next((k for k in known if k.encode() in reason), reason.decode(errors="replace")[:40]))
+        out.append(next((k for k in KNOWN_REASONS if k.encode() in reason), reason.decode(errors="replace")[:40]))
     return out
