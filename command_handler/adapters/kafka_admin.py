@@ -20,11 +20,12 @@ class KafkaAdmin:
         self._timeout = request_timeout_s
 
     def wait_ready(self, timeout_s: float) -> int:
-        """Wait until the cluster answers a metadata request; return the number of brokers."""
-        return retry(self.broker_count, f"Kafka at {self._brokers}", timeout_s)
+        """Wait until the cluster answers a metadata request; return the number of brokers. Each try is
+        short: a SIGTERM during the wait is acted on once the call returns."""
+        return retry(lambda: self.broker_count(timeout_s=3.0), f"Kafka at {self._brokers}", timeout_s)
 
-    def broker_count(self) -> int:
-        metadata = self._client.list_topics(timeout=self._timeout)
+    def broker_count(self, timeout_s: float | None = None) -> int:
+        metadata = self._client.list_topics(timeout=timeout_s or self._timeout)
         if not metadata.brokers:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no brokers in metadata"))
         return len(metadata.brokers)
