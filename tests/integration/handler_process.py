@@ -98,3 +98,25 @@ class HandlerProcess:
             return self.process.wait(timeout_s)
         finally:
             self._log.close()
+
+
+def wait_committed(world: World, timeout_s: float = 120) -> None:
+    """Until the handler's group committed the end of every command partition: every record was handled
+    and its outputs written (with transactions: committed too)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    settings = world.settings
+    probe = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": settings.kafka.group_id})
+    topic = settings.topics.commands
+    partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+            committed = [c.offset for c in probe.committed(partitions, timeout=10)]
+            if all(c >= e for c, e in zip(committed, ends, strict=True) if e > 0):
+                return
+            assert time.monotonic() < deadline, f"the handler did not commit the end: {committed} of {ends}"
+            time.sleep(0.1)
+    finally:
+        probe.close()

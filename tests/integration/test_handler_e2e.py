@@ -446,3 +446,31 @@ def test_a_command_whose_answer_could_not_be_written_is_set_aside_unapplied_and_
     engine.dispose()
     assert claimed == 0 and accounts == 0
     assert handler.process.poll() is None  # still running
+
+
+def test_a_record_with_huge_headers_is_set_aside_within_the_limit_and_its_partition_goes_on(
+    client: BankClient, world: World, handler: HandlerProcess
+) -> None:
+    """About 1 MB in all: an 820 kB value and 160 kB of headers, sent compressed. Its dead letter keeps
+    what fits under the producer's limit and says what it left out; the partition goes on."""
+    import os
+
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": world.settings.kafka.brokers, "compression.type": "lz4", "message.max.bytes": 2_000_000}
+    )
+    headers = [(f"h{n}", os.urandom(8_000)) for n in range(20)]
+    key = f"headers-{uuid4()}".encode()
+    producer.produce(world.settings.topics.commands, os.urandom(820_000), key, headers=headers, partition=5)
+    after_id = uuid4()
+    after = client.encode("ConfirmAccountCreation", {"id": after_id.bytes, "username": "after-huge-headers"})
+    producer.produce(world.settings.topics.commands, after, b"after-huge-headers", partition=5)
+    assert producer.flush(30) == 0
+    assert client.wait_for(after_id, 60).record == "AccountCreationConfirmed"
+    [letter] = [m for m in dead_letters(world, 100) if m.key() == key]
+    found = dict(letter.headers())
+    assert b"not Confluent-framed" in found["dlq.error"] and found["dlq.partition"] == b"5"
+    assert len(letter.value() or b"") == 820_000
+    assert len(letter.value() or b"") + sum(len(n) + len(v or b"") for n, v in letter.headers()) < 1_000_000
+    assert handler.process.poll() is None

@@ -14,46 +14,13 @@ from uuid import uuid4
 import pytest
 
 from command_handler.domain.iban import BANK_IBAN
+from open_bank_devtools.chaos import audit
 from open_bank_devtools.loadtest.bank_client import BankClient
 
 from ..conftest import Services
-from .handler_process import HandlerProcess, World, isolated_world
+from .handler_process import HandlerProcess, World, isolated_world, wait_committed
 
 pytestmark = pytest.mark.integration
-
-
-def settled(world: World, client: BankClient, timeout_s: float = 60) -> None:
-    """Wait until the handler's group committed the end of every command partition, and the client read
-    to the end of every topic it reads (read_committed: the last stable offset)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    settings = world.settings
-    probe = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.brokers,
-            "group.id": settings.kafka.group_id,
-            "isolation.level": "read_committed",
-        }
-    )
-    topic = settings.topics.commands
-    partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            ends = [probe.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
-            committed = [c.offset for c in probe.committed(partitions, timeout=10)]
-            read = client.consumer.assignment()
-            behind = [
-                tp
-                for tp in client.consumer.position(read)
-                if tp.offset < client.consumer.get_watermark_offsets(tp, timeout=10)[1]
-            ]
-            if all(c >= e for c, e in zip(committed, ends, strict=True) if e > 0) and not behind:
-                return
-            assert time.monotonic() < deadline, "the handler or the client did not catch up"
-            time.sleep(0.1)
-    finally:
-        probe.close()
 
 
 @pytest.fixture
@@ -71,6 +38,7 @@ def test_a_handler_killed_mid_stream_leaves_no_duplicate_for_read_committed_read
     client = BankClient(world.settings)  # after the handler's --sync made the topics
     try:
         opened = client.wait_for(client.open_account("txn-user")).value
+        before = audit.balances(world.settings)
         sent = [client.transfer("txn-user", "", 1, "cash", opened["iban"], f"d{n}") for n in range(3000)]
         client.flush()
         deadline = time.monotonic() + 60
@@ -82,7 +50,10 @@ def test_a_handler_killed_mid_stream_leaves_no_duplicate_for_read_committed_read
         handler = HandlerProcess(world, tmp_path, name="txn-2", KAFKA_TRANSACTIONS="true").wait_ready()
         client.wait_all(sent, 120)
         client.wait_events(opened["iban"], len(sent), 60)
-        settled(world, client)  # everything handled and committed, and read by the client: no more can come
+        wait_committed(world)  # everything handled and committed: no more output can come
+        findings = audit.audit(world.settings, client.registry, set(sent), before)  # read_committed, from the start
+        assert findings.clean(exactly_once=True), (findings.line(0), dict(findings.examples))
+        assert findings.duplicated_outputs == 0 and findings.answered == len(sent)
         answers = Counter({i: len(client.feedback[i]) for i in sent})
         assert max(answers.values()) == 1, answers.most_common(3)
         events = client.events_for(opened["iban"])  # in the order of their partition
