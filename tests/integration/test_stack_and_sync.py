@@ -1,5 +1,6 @@
 """``command-handler stack`` and ``command-handler sync`` on a stack of their own."""
 
+import json
 import os
 import socket
 import subprocess
@@ -149,7 +150,8 @@ def test_stack_up_twice_is_safe_and_status_reports_running(own_stack: dict[str, 
     assert status.returncode == 0
     assert status.stdout.count("answering") == 2
     assert f"broker: {own_stack['STACK_BROKER']} running" in status.stdout
-    assert f"registry: Apicurio Registry running (pid {(Path(own_stack['STACK_DIR']) / 'registry.pid').read_text().strip()})" in status.stdout
+    pid = (Path(own_stack["STACK_DIR"]) / "registry.pid").read_text().strip()
+    assert f"registry: Apicurio Registry running (pid {pid})" in status.stdout
     assert f"{own_stack['SCHEMA_REGISTRY_URL']} ready" in status.stdout
 
 
@@ -157,7 +159,10 @@ def test_down_then_up_keeps_every_schema_id(own_stack: dict[str, str], unique: s
     """Apicurio keeps its state in the stack's PostgreSQL: records in Kafka go on naming valid ids."""
     assert cli(own_stack, "sync").returncode == 0
     registry = SchemaRegistryClient({"url": own_stack["SCHEMA_REGISTRY_URL"]})
-    extra = Schema('{"type":"record","name":"Kept%s","namespace":"test","fields":[{"name":"a","type":"long"}]}' % unique, "AVRO")
+    fields = [{"name": "a", "type": "long"}]
+    extra = Schema(
+        json.dumps({"type": "record", "name": f"Kept{unique}", "namespace": "test", "fields": fields}), "AVRO"
+    )
     extra_id = registry.register_schema(f"kept-{unique}-value", extra)
     before = {s: registry.get_latest_version(s) for s in registry.get_subjects()}
     assert len(before) >= 8

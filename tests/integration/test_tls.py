@@ -58,7 +58,9 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
-def https_registry(stunnel: str, directory: Path, certificates: Path, registry_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def https_registry(
+    stunnel: str, directory: Path, certificates: Path, registry_url: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """stunnel serving https in front of the stack's registry (Apicurio, plain http): the process and its URL."""
     registry = urlparse(registry_url)
     port = free_port()

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from command_handler.config import load_settings
 from open_bank_devtools.stack.apicurio import ApicurioError, ApicurioNode, find_java, java_version
 from open_bank_devtools.stack.local_stack import LocalStack, StackConfig
-from command_handler.config import load_settings
 
 
 def fake_jdk(root: Path, name: str, version: str) -> Path:
@@ -27,7 +27,7 @@ def test_a_named_jdk_must_be_21_or_newer(tmp_path: Path) -> None:
     new = fake_jdk(tmp_path, "new", "21.0.1")
     old = fake_jdk(tmp_path, "old", "17.0.15")
     assert find_java(env={"STACK_REGISTRY_JAVA_HOME": str(new)}) == new / "bin" / "java"
-    with pytest.raises(ApicurioError, match="STACK_REGISTRY_JAVA_HOME=.* not a JDK of version 21 or newer"):
+    with pytest.raises(ApicurioError, match=r"STACK_REGISTRY_JAVA_HOME=.* not a JDK of version 21 or newer"):
         find_java(env={"STACK_REGISTRY_JAVA_HOME": str(old)})
 
 

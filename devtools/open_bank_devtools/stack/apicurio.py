@@ -47,7 +47,9 @@ def ensure_distribution(version: str = APICURIO_VERSION, out: Callable[[str], No
         return app
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise ApicurioError("Apicurio Registry is fetched with Maven: scripts/setup.sh installs it from Debian's packages")
+        raise ApicurioError(
+            "Apicurio Registry is fetched with Maven: scripts/setup.sh installs it from Debian's packages"
+        )
     download = home / "download"
     shutil.rmtree(download, ignore_errors=True)
     download.mkdir(parents=True)
@@ -60,9 +62,7 @@ def ensure_distribution(version: str = APICURIO_VERSION, out: Callable[[str], No
     )
     archives = list(download.glob("*.tar.gz"))
     if result.returncode != 0 or len(archives) != 1:
-        raise ApicurioError(
-            f"Maven could not fetch {artifact(version)}:\n{(result.stdout + result.stderr)[-2000:]}"
-        )
+        raise ApicurioError(f"Maven could not fetch {artifact(version)}:\n{(result.stdout + result.stderr)[-2000:]}")
     shutil.rmtree(app, ignore_errors=True)
     app.mkdir()
     with tarfile.open(archives[0]) as archive:
@@ -109,7 +109,7 @@ def find_java(minimum: int = MIN_JAVA, env: dict[str, str] | None = None) -> Pat
     jvm = Path("/usr/lib/jvm")
     if jvm.is_dir():
         homes.extend(sorted(p for p in jvm.iterdir() if p.is_dir() and not p.is_symlink()))
-    found = {}
+    found: dict[Path, int] = {}
     for home in homes:
         version = java_version(home)
         if version is not None and (home / "bin" / "java").exists():

@@ -481,12 +481,12 @@ class LocalStack:
         pid = self._running_pid(registry)
         try:
             self._registry_answers()
-            answering = "ready"
+            readiness = "ready"
         except (OSError, ValueError):
-            answering = "not ready" if _port_open(self.config.registry_port) else "closed"
-        healthy &= pid is not None and answering == "ready"
+            readiness = "not ready" if _port_open(self.config.registry_port) else "closed"
+        healthy &= pid is not None and readiness == "ready"
         state = f"Apicurio Registry running (pid {pid})" if pid else "Apicurio Registry not running"
-        self.out(f"registry: {state}, {self.config.registry_url} {answering}")
+        self.out(f"registry: {state}, {self.config.registry_url} {readiness}")
         db = self.database
         db_up = _port_open(db.port, db.host)
         healthy &= db_up

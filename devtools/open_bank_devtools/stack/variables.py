@@ -25,7 +25,10 @@ STACK_VARIABLES = (
     ("STACK_BROKER_TLS_PORT", "that TLS listener [9094]"),
     ("STACK_REGISTRY_PORT", "Apicurio Registry (Confluent's API at /apis/ccompat/v7) [8081]"),
     ("STACK_REGISTRY_HEALTH_PORT", "Apicurio Registry's management port: /health/ready [8091]"),
-    ("STACK_REGISTRY_JAVA_HOME", "a JDK >= 21 for Apicurio Registry [the newest found, e.g. /usr/lib/jvm/temurin-25-jdk-amd64]"),
+    (
+        "STACK_REGISTRY_JAVA_HOME",
+        "a JDK >= 21 for Apicurio Registry [the newest found, e.g. /usr/lib/jvm/temurin-25-jdk-amd64]",
+    ),
     ("STACK_POSTGRES", "own (a cluster in STACK_DIR) or external (the DB_* server) [own]"),
     ("STACK_DB_PORT", "port of the stack's own PostgreSQL, loopback only [5442]"),
     ("STACK_REGISTRY_DB", "database of the registry's state (Apicurio's SQL storage) [schema_registry]"),
