@@ -265,7 +265,8 @@ class LocalStack:
             brokers = admin.wait_ready(timeout_s)
             self.out(f"broker: {self.config.broker} answering at {self.config.brokers} ({brokers} broker)")
             spawned = next((process for service, process in started if service.name == "registry"), None)
-            self.wait_for_registry(timeout_s, spawned)
+            # Apicurio is ready a few seconds after its start on a quiet machine, up to a minute on a busy one
+            self.wait_for_registry(max(timeout_s, 120), spawned)
             self.out(f"registry: Apicurio Registry answering at {self.config.registry_url}")
         except (OperatorError, NotReady) as exc:
             self._stop_started(started)  # leave nothing half-started behind
