@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up what is missing, bring up the embedded local stack (Apache Kafka, or
-# Tansu with BROKER=tansu; the local Schema Registry; a PostgreSQL cluster of the
+# Tansu with BROKER=tansu; Apicurio Registry as the Schema Registry; a PostgreSQL cluster of the
 # stack's own, migrated), and run the command handler on it with the
 # synchronizer first, until Ctrl-C (SIGINT) or SIGTERM.
 # `.venv/bin/command-handler stack down` stops the stack afterwards.

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a machine of this project's kind (Debian, Python 3.11):
 # the Debian packages the local stack needs (PostgreSQL's binaries for a cluster
-# of the stack's own, a JDK and Maven for Apache Kafka, acl, and for the tests
-# openssl and stunnel4), then a virtual environment in .venv with the product
-# (open-bank-command-handler, editable) and the development tools beside it
-# (devtools/: open-bank-devtools), and for `test` the checkers and pytest.
-# It starts no service: `command-handler stack up` does.
+# of the stack's own, a JDK and Maven for Apache Kafka and Apicurio Registry,
+# acl, and for the tests openssl and stunnel4), then a virtual environment in
+# .venv with the product (open-bank-command-handler, editable) and the
+# development tools beside it (devtools/: open-bank-devtools), and for `test`
+# the checkers and pytest. Apicurio Registry (the stack's Schema Registry) needs
+# Java 21 or newer, which Debian 12 does not package: machines of this kind
+# carry Temurin 25 in /usr/lib/jvm/temurin-25-jdk-amd64; without one this
+# script stops with a message saying so. It starts no service: `command-handler
+# stack up` does (and fetches Kafka's jars and Apicurio Registry once).
 # Usage: scripts/setup.sh [local|bench|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +47,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.
   .venv/bin/python -c "import command_handler, open_bank_devtools, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi
+
+# Apicurio Registry needs Java 21 or newer (Debian 12's packages stop at 17): found, or a clear error
+.venv/bin/python - <<'PY'
+import sys
+
+from open_bank_devtools.stack.apicurio import ApicurioError, find_java
+
+try:
+    find_java()
+except ApicurioError as err:
+    sys.exit(f"setup: {err}")
+PY

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up what is missing, then run the whole test suite. The tests start their
-# own local stack (Apache Kafka, or Tansu with TEST_BROKER=tansu; the Schema Registry
+# own local stack (Apache Kafka, or Tansu with TEST_BROKER=tansu; Apicurio Registry
 # and a PostgreSQL cluster of their own, on free ports) and stop it;
 # see tests/conftest.py to point them at external services instead.
 set -euo pipefail

@@ -2,8 +2,9 @@
 
 By default the session starts its own local stack in a temporary STACK_DIR on
 free ports: Apache Kafka (``TEST_BROKER=tansu`` for Tansu) with a mutual-TLS
-listener whose CA and certificates the session makes, the local Schema
-Registry, and a PostgreSQL cluster of its own; it stops all of it at the end.
+listener whose CA and certificates the session makes, Apicurio Registry (the
+Schema Registry, Confluent's API), and a PostgreSQL cluster of its own; it stops
+all of it at the end.
 To run the same suite against external services, set any of:
 
 * ``TEST_POSTGRES=external``: use the PostgreSQL server of ``DB_HOSTNAME``,
@@ -70,6 +71,7 @@ def stack_config_on_free_ports(directory: Path, broker: str = TEST_BROKER, own_p
         broker_port=free_port(),
         controller_port=free_port(),
         registry_port=free_port(),
+        registry_health_port=free_port(),
         db_port=free_port(),
         registry_db=TEST_REGISTRY_DB,
         own_postgres=own_postgres,

@@ -46,9 +46,9 @@ def add_stack(sub: Subparsers, formatter: Formatter) -> None:
     own = "\n".join(f"  {name:<32} {meaning}" for name, meaning in STACK_VARIABLES)
     p = sub.add_parser(
         "stack",
-        help="start, stop or show the embedded local stack (Kafka or Tansu, local registry, its own PostgreSQL)",
+        help="start, stop or show the embedded local stack (Kafka or Tansu, Apicurio Registry, its own PostgreSQL)",
         description="The local stack for development and tests: never used in production. It runs Apache Kafka "
-        "(KRaft, jars from Maven Central) or Tansu, the local Schema Registry, and a PostgreSQL cluster of its own "
+        "(KRaft, jars from Maven Central) or Tansu, Apicurio Registry (jars from Maven Central, a JDK >= 21), and a PostgreSQL cluster of its own "
         "in STACK_DIR; `up` prints the environment to use and writes it to $STACK_DIR/env.",
         epilog=f"stack variables:\n{own}\n\n" + variables_epilog("database"),
         formatter_class=formatter,
@@ -205,7 +205,7 @@ def add_chaos(sub: Subparsers, formatter: Formatter) -> None:
     p = sub.add_parser(
         "chaos",
         help="fault campaign: 3 handlers under load while handlers, database, registry and broker fail",
-        description="Starts a local stack of its own (Apache Kafka, the local registry, its own PostgreSQL) on free "
+        description="Starts a local stack of its own (Apache Kafka, Apicurio Registry, its own PostgreSQL) on free "
         "ports, 3 handler processes in one group, a steady load, and a schedule of faults: kill -9, SIGSTOP past "
         "the session timeout, PostgreSQL stopped (immediate), the database read-only, the registry down, the "
         "broker restarted, bursts of hostile records. Then it audits what came out of Kafka and the database and "

@@ -13,6 +13,7 @@ from uuid import uuid4
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from command_handler.topology import load_topology
 from open_bank_devtools.loadtest.bank_client import BankClient
@@ -66,9 +67,17 @@ def test_sync_registers_nothing_and_the_handler_answers_with_the_reference_ids(
     result = cli(world, "sync")
     assert result.returncode == 0, result.stdout + result.stderr
     assert ": registered" not in result.stdout
+    topology = load_topology(world.settings.topics.by_env())
     for subject, schema_id in registered.items():
         assert f"subject {subject}: already there, id {schema_id}" in result.stdout
         assert registry.get_versions(subject) == [1]
+        plain = topology.subjects()[subject].schema_str
+        if "string" not in plain:
+            continue  # MoneyTransferConfirmed: no string, the same text in Java and here
+        assert "avro.java.string" in (registry.get_version(subject, 1).schema.schema_str or "")
+        with pytest.raises(SchemaRegistryError) as err:  # the registry does not find them by our plain texts
+            registry.lookup_schema(subject, Schema(plain, "AVRO"))
+        assert err.value.error_code == 40403
 
     handler = HandlerProcess(world, tmp_path, sync=False).wait_ready()
     client = BankClient(world.settings)

@@ -1,5 +1,6 @@
 """``command-handler stack`` and ``command-handler sync`` on a stack of their own."""
 
+import json
 import os
 import socket
 import subprocess
@@ -78,6 +79,7 @@ def own_stack(services: Services) -> Iterator[dict[str, str]]:
         "STACK_BROKER_PORT": str(free_port()),
         "STACK_CONTROLLER_PORT": str(free_port()),
         "STACK_REGISTRY_PORT": str(free_port()),
+        "STACK_REGISTRY_HEALTH_PORT": str(free_port()),
         "STACK_DB_PORT": str(free_port()),
         "STACK_POSTGRES": "own" if services.stack.cluster is not None else "external",
         "STACK_REGISTRY_DB": "schema_registry_own_stack",
@@ -90,7 +92,7 @@ def own_stack(services: Services) -> Iterator[dict[str, str]]:
     assert "postgres://" not in up.stdout, "the admin URL's password is not printed"
     env.update(read_env_file(directory / "env"))
     assert env["KAFKA_BROKERS"] == f"127.0.0.1:{env['STACK_BROKER_PORT']}"
-    assert env["SCHEMA_REGISTRY_URL"] == f"http://127.0.0.1:{env['STACK_REGISTRY_PORT']}"
+    assert env["SCHEMA_REGISTRY_URL"] == f"http://127.0.0.1:{env['STACK_REGISTRY_PORT']}/apis/ccompat/v7"
     try:
         yield env
     finally:
@@ -142,12 +144,15 @@ def test_stack_up_twice_is_safe_and_status_reports_running(own_stack: dict[str, 
     again = cli(own_stack, "stack", "up")
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"broker: {own_stack['STACK_BROKER']} already running" in again.stdout
-    assert "registry: registry already running" in again.stdout
+    assert "registry: apicurio already running" in again.stdout
     assert "postgres: already running" in again.stdout
     status = cli(own_stack, "stack", "status")
     assert status.returncode == 0
-    assert status.stdout.count("answering") == 3
+    assert status.stdout.count("answering") == 2
     assert f"broker: {own_stack['STACK_BROKER']} running" in status.stdout
+    pid = (Path(own_stack["STACK_DIR"]) / "registry.pid").read_text().strip()
+    assert f"registry: Apicurio Registry running (pid {pid})" in status.stdout
+    assert f"{own_stack['SCHEMA_REGISTRY_URL']} ready" in status.stdout
 
 
 def test_down_then_up_keeps_topics_offsets_and_balances(own_stack: dict[str, str], unique: str) -> None:
@@ -162,14 +167,15 @@ def test_down_then_up_keeps_topics_offsets_and_balances(own_stack: dict[str, str
     group = f"kept-{unique}"
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
     end = consumer.get_watermark_offsets(TopicPartition("commands", 0), timeout=10)[1]
-    for attempt in range(50):  # a broker just started may still be loading its coordinator (retriable)
+    deadline = time.monotonic() + 60
+    while True:  # a broker just (re)started may not have loaded its group coordinator yet
         try:
             consumer.commit(offsets=[TopicPartition("commands", 0, end)], asynchronous=False)
             break
         except KafkaException as err:
-            if not err.args[0].retriable() or attempt == 49:
+            if not err.args[0].retriable() or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.5)
     consumer.close()
     settings = load_settings(own_stack)
     engine = make_engine(settings.database)
@@ -195,6 +201,35 @@ def test_down_then_up_keeps_topics_offsets_and_balances(own_stack: dict[str, str
         amount = conn.execute(text("SELECT amount FROM balance WHERE username = :u"), {"u": f"kept-{unique}"})
         assert amount.scalar_one() == 4242
     engine.dispose()
+
+
+def test_down_then_up_keeps_every_schema_id(own_stack: dict[str, str], unique: str) -> None:
+    """Apicurio keeps its state in the stack's PostgreSQL: records in Kafka go on naming valid ids."""
+    assert cli(own_stack, "sync").returncode == 0
+    registry = SchemaRegistryClient({"url": own_stack["SCHEMA_REGISTRY_URL"]})
+    fields = [{"name": "a", "type": "long"}]
+    extra = Schema(
+        json.dumps({"type": "record", "name": f"Kept{unique}", "namespace": "test", "fields": fields}), "AVRO"
+    )
+    extra_id = registry.register_schema(f"kept-{unique}-value", extra)
+    before = {s: registry.get_latest_version(s) for s in registry.get_subjects()}
+    assert len(before) >= 8
+
+    assert cli(own_stack, "stack", "down").returncode == 0
+    up = cli(own_stack, "stack", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "registry: apicurio started" in up.stdout
+
+    fresh = SchemaRegistryClient({"url": own_stack["SCHEMA_REGISTRY_URL"]})  # no cache of the old answers
+    after = {s: fresh.get_latest_version(s) for s in fresh.get_subjects()}
+    assert {s: (v.schema_id, v.version) for s, v in after.items()} == {
+        s: (v.schema_id, v.version) for s, v in before.items()
+    }
+    assert fresh.get_schema(extra_id).schema_str is not None
+    resync = cli(own_stack, "sync")
+    assert resync.returncode == 0 and ": registered" not in resync.stdout, resync.stdout
+    new_id = fresh.register_schema(f"new-{unique}-value", Schema(extra.schema_str.replace("Kept", "New"), "AVRO"))
+    assert new_id not in {v.schema_id for v in before.values()}  # ids handed out later do not reuse old ones
 
 
 def test_sync_reports_an_incompatible_registered_schema_by_subject(services: Services, unique: str) -> None:

@@ -1,14 +1,14 @@
 """The handler in an SSL-configured deployment: mutual TLS to Kafka (PEM files, key password), https registry.
 
 On Apache Kafka the session's broker has a TLS listener of its own (client
-certificates required) and the local registry serves https itself. Tansu's own
-TLS flags do not work in the build we use, so on Tansu stunnel terminates TLS
-in front of a Tansu that advertises the TLS port, and in front of the registry.
+certificates required). Tansu's own TLS flags do not work in the build we use,
+so on Tansu stunnel terminates TLS in front of a Tansu that advertises the TLS
+port. The https registry is stunnel in front of the stack's Apicurio Registry
+(which serves plain http on loopback) with the session's certificates.
 """
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,36 +58,48 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
+def https_registry(
+    stunnel: str, directory: Path, certificates: Path, registry_url: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """stunnel serving https in front of the stack's registry (Apicurio, plain http): the process and its URL."""
+    registry = urlparse(registry_url)
+    port = free_port()
+    (directory / "stunnel-registry.conf").write_text(
+        f"""foreground = yes
+pid =
+[registry]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{registry.port}
+cert = {certificates}/server.pem
+key = {certificates}/server.key
+"""
+    )
+    tunnel = subprocess.Popen(
+        [stunnel, str(directory / "stunnel-registry.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_port(port)
+    return tunnel, f"https://127.0.0.1:{port}{registry.path}"
+
+
 @pytest.fixture
 def tls_env(services: Services, tmp_path: Path) -> Iterator[dict[str, str]]:
     if services.stack is None:
         pytest.skip("external services: this test builds its own TLS front")
+    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+    if stunnel is None:
+        pytest.fail("stunnel4 is missing: scripts/setup.sh installs it")
     config = services.stack.config
     if config.broker == "kafka":
         assert config.tls_dir is not None, "the session's Kafka has a TLS listener"
         certificates = config.tls_dir
-        registry_tls = free_port()
-        registry = subprocess.Popen(
-            [sys.executable, "-m", "open_bank_devtools.stack.registry_server", "--port", str(registry_tls),
-             "--database-url", services.stack.database.url(database=config.registry_db),
-             "--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        registry, registry_url = https_registry(stunnel, tmp_path, certificates, services.env["SCHEMA_REGISTRY_URL"])
         try:
-            wait_port(registry_tls)
-            yield {
-                **services.env,
-                **client_tls_env(certificates, config.tls_brokers, f"https://127.0.0.1:{registry_tls}"),
-            }
+            yield {**services.env, **client_tls_env(certificates, config.tls_brokers, registry_url)}
         finally:
             stop(registry)
         return
-    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
-    if stunnel is None:
-        pytest.fail("stunnel4 is missing: scripts/setup.sh installs it")
     make_certificates(tmp_path)
-    plain, tls, registry_tls = free_port(), free_port(), free_port()
-    registry_port = urlparse(services.env["SCHEMA_REGISTRY_URL"]).port
+    plain, tls = free_port(), free_port()
     broker = subprocess.Popen(
         [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{plain}",
          "--advertised-listener-url", f"tcp://127.0.0.1:{tls}"],
@@ -103,26 +115,18 @@ cert = {tmp_path}/server.pem
 key = {tmp_path}/server.key
 CAfile = {tmp_path}/ca.pem
 verify = 2
-[registry]
-accept = 127.0.0.1:{registry_tls}
-connect = 127.0.0.1:{registry_port}
-cert = {tmp_path}/server.pem
-key = {tmp_path}/server.key
 """
     )
     tunnel = subprocess.Popen(
         [stunnel, str(tmp_path / "stunnel.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    registry, registry_url = https_registry(stunnel, tmp_path, tmp_path, services.env["SCHEMA_REGISTRY_URL"])
     try:
         wait_port(plain)
         wait_port(tls)
-        wait_port(registry_tls)
-        yield {
-            **services.env,
-            **client_tls_env(tmp_path, f"127.0.0.1:{tls}", f"https://127.0.0.1:{registry_tls}"),
-        }
+        yield {**services.env, **client_tls_env(tmp_path, f"127.0.0.1:{tls}", registry_url)}
     finally:
-        stop(tunnel, broker)
+        stop(registry, tunnel, broker)
 
 
 @pytest.fixture

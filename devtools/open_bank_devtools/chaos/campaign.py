@@ -339,6 +339,7 @@ class Campaign:
             broker_port=free_port(),
             controller_port=free_port(),
             registry_port=free_port(),
+            registry_health_port=free_port(),
             db_port=free_port(),
         )
         stack = LocalStack(config, load_settings({}), out=lambda line: self.out(f"[stack] {line}"))

@@ -1,8 +1,10 @@
-"""The embedded local open-bank stack: a broker, the local Schema Registry, and a PostgreSQL of its own.
+"""The embedded local open-bank stack: a broker, Apicurio Registry, and a PostgreSQL of its own.
 
 Local development and tests only; production points the handler at real
 services. The broker is Apache Kafka (one KRaft node, the default: the broker
-the handler meets in production) or Tansu (memory only, light). ``up`` starts
+the handler meets in production) or Tansu (memory only, light); the Schema
+Registry is Apicurio Registry (Confluent's API at /apis/ccompat/v7, its state in
+the stack's PostgreSQL). ``up`` starts
 what is not running, waits until each answers, and prints the environment to
 use; ``down`` stops exactly what ``up`` started, by PID. Logs, PID files, the
 Kafka log directory, the PostgreSQL cluster and an ``env`` file live in one
@@ -17,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.config import DatabaseSettings, KafkaSettings, Settings
 from command_handler.errors import OperatorError
 from command_handler.retry import NotReady, retry
+from open_bank_devtools.stack.apicurio import CCOMPAT_PATH, ApicurioNode
 from open_bank_devtools.stack.kafka import KafkaNode, TlsListener
 from open_bank_devtools.stack.postgres import Cluster
 from open_bank_devtools.stack.variables import (
@@ -58,6 +60,7 @@ class StackConfig:
     own_postgres: bool = True
     tls_dir: Path | None = None
     broker_tls_port: int = PORTS["STACK_BROKER_TLS_PORT"]
+    registry_health_port: int = PORTS["STACK_REGISTRY_HEALTH_PORT"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -96,6 +99,7 @@ class StackConfig:
             own_postgres=postgres == "own",
             tls_dir=tls_dir,
             broker_tls_port=ports["STACK_BROKER_TLS_PORT"],
+            registry_health_port=ports["STACK_REGISTRY_HEALTH_PORT"],
         )
 
     @property
@@ -108,7 +112,8 @@ class StackConfig:
 
     @property
     def registry_url(self) -> str:
-        return f"http://{HOST}:{self.registry_port}"
+        """Where Confluent's clients find the registry (Apicurio's Confluent-compatible API)."""
+        return f"http://{HOST}:{self.registry_port}{CCOMPAT_PATH}"
 
     def kafka_node(self) -> KafkaNode:
         tls = None
@@ -124,7 +129,7 @@ class StackConfig:
 @dataclass(frozen=True)
 class Service:
     name: str
-    kind: str  # what runs: kafka, tansu, registry
+    kind: str  # what runs: kafka, tansu, apicurio
     ports: tuple[int, ...]
     command: Callable[[], list[str]]  # evaluated only when the service is started
     marker: str  # a string in the process's command line, to never signal a stranger's PID
@@ -201,18 +206,29 @@ class LocalStack:
             ),
         }
 
+    def registry_node(self) -> ApicurioNode:
+        db = self.database
+        query = f"?sslmode={db.sslmode}" + (f"&sslrootcert={db.sslrootcert}" if db.sslrootcert else "")
+        return ApicurioNode(
+            self.config.directory / "registry",
+            HOST,
+            self.config.registry_port,
+            self.config.registry_health_port,
+            jdbc_url=f"jdbc:postgresql://{db.host}:{db.port}/{self.config.registry_db}{query}",
+            user=db.user,
+            password=db.password,
+        )
+
     def services(self) -> list[Service]:
-        registry_url = self.database.url(database=self.config.registry_db)
-        port = str(self.config.registry_port)
-        registry = [sys.executable, "-m", "open_bank_devtools.stack.registry_server", "--host", HOST, "--port", port]
+        registry = self.registry_node()
         return [
             self.broker_services()[self.config.broker],
             Service(
                 "registry",
-                "registry",
-                (self.config.registry_port,),
-                lambda: [*registry, "--database-url", registry_url],
-                marker=f"registry_server --host {HOST} --port {port}",
+                "apicurio",
+                (self.config.registry_port, self.config.registry_health_port),
+                lambda: registry.prepare(self.out),
+                marker=registry.marker,
             ),
         ]
 
@@ -248,8 +264,10 @@ class LocalStack:
             admin = KafkaAdmin(self._stack_kafka_settings())
             brokers = admin.wait_ready(timeout_s)
             self.out(f"broker: {self.config.broker} answering at {self.config.brokers} ({brokers} broker)")
-            retry(self._registry_answers, f"registry at {self.config.registry_url}", timeout_s)
-            self.out(f"registry: answering at {self.config.registry_url}")
+            spawned = next((process for service, process in started if service.name == "registry"), None)
+            # Apicurio is ready a few seconds after its start on a quiet machine, up to a minute on a busy one
+            self.wait_for_registry(max(timeout_s, 120), spawned)
+            self.out(f"registry: Apicurio Registry answering at {self.config.registry_url}")
         except (OperatorError, NotReady) as exc:
             self._stop_started(started)  # leave nothing half-started behind
             if isinstance(exc, StackError):
@@ -299,7 +317,28 @@ class LocalStack:
             keystores={},
         )
 
+    def wait_for_registry(self, timeout_s: float, spawned: subprocess.Popen[bytes] | None = None) -> None:
+        """Poll until the registry is ready (it takes a few seconds); a clear error if it exits meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if spawned is not None and spawned.poll() is not None:
+                log = self.config.directory / "registry.log"
+                raise StackError(f"registry: Apicurio Registry exited with {spawned.returncode}; see {log}")
+            try:
+                self._registry_answers()
+                return
+            except (OSError, ValueError) as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"registry: Apicurio Registry not ready within {timeout_s:.0f}s ({exc}); "
+                        f"see {self.config.directory / 'registry.log'}"
+                    ) from exc
+            time.sleep(0.2)
+
     def _registry_answers(self) -> None:
+        """Ready on its health endpoint (storage reachable included), and the Confluent API answering."""
+        with urllib.request.urlopen(self.registry_node().ready_url, timeout=2) as response:
+            json.loads(response.read())
         with urllib.request.urlopen(f"{self.config.registry_url}/subjects", timeout=2) as response:
             json.loads(response.read())
 
@@ -441,10 +480,14 @@ class LocalStack:
         self.out(f"broker: {state}, port {self.config.broker_port} {'answering' if answering else 'closed'}")
         registry = self.services()[1]
         pid = self._running_pid(registry)
-        answering = _port_open(self.config.registry_port)
-        healthy &= pid is not None and answering
-        state = f"running (pid {pid})" if pid else "not running"
-        self.out(f"registry: {state}, port {self.config.registry_port} {'answering' if answering else 'closed'}")
+        try:
+            self._registry_answers()
+            readiness = "ready"
+        except (OSError, ValueError):
+            readiness = "not ready" if _port_open(self.config.registry_port) else "closed"
+        healthy &= pid is not None and readiness == "ready"
+        state = f"Apicurio Registry running (pid {pid})" if pid else "Apicurio Registry not running"
+        self.out(f"registry: {state}, {self.config.registry_url} {readiness}")
         db = self.database
         db_up = _port_open(db.port, db.host)
         healthy &= db_up
