@@ -168,7 +168,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     from open_bank_devtools.loadtest.bench import run_bench
 
-    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results))
+    profile = Path(args.profile) if args.profile else None
+    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results), profile=profile)
     return 0
 
 
@@ -185,6 +186,12 @@ def add_bench(sub: Subparsers, formatter: Formatter) -> None:
     p.add_argument("--accounts", type=int, default=1_000, help="pre-created accounts (default 1000)")
     p.add_argument("--pgbench-seconds", type=int, default=15, help="how long pgbench runs (default 15)")
     p.add_argument("--results", default="results", help="folder of the results file (default: results)")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also profile the handler while it works with py-spy (installed separately) into FILE "
+        "(collapsed stacks; the CPU figure then includes the sampling's cost)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
