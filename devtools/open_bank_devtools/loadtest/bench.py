@@ -72,6 +72,9 @@ class BenchResult:
     handler_cpu_percent: float
     handler_cpu_us_per_command: float
     handler_peak_rss_mib: float
+    # µs of CPU per command by thread name: the main (consumer) thread, the other Python threads ("python"),
+    # librdkafka's ("rdk:main", "rdk:broker…", ...)
+    handler_cpu_us_by_thread: dict[str, float]
     pgbench_connections: int
     pgbench_tps: float
     ratio: float
@@ -82,7 +85,8 @@ class BenchResult:
             f"end to end ({self.confirmed} confirmed)",
             f"handler: answer latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms:.0f} ms, "
             f"p99 {self.latency_p99_ms:.0f} ms (all commands queued at once)",
-            f"handler: CPU {self.handler_cpu_percent:.0f}% of one core while it ran (user + system)",
+            f"handler: CPU {self.handler_cpu_percent:.0f}% of one core while it ran (user + system); µs per "
+            "command by thread: " + ", ".join(f"{name} {us:.1f}" for name, us in self.handler_cpu_us_by_thread.items()),
             f"pgbench: {self.pgbench_tps:.0f} transfers/s ({self.pgbench_connections} connection, one transfer per "
             "transaction, same statements and isolation)",
             # the four figures the benchmark is for, last
@@ -138,6 +142,30 @@ class Profiler:
             raise
         if not self.path.exists():
             raise RuntimeError(f"py-spy wrote no profile: {err.strip()}")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of a process: its name and CPU seconds so far (user + system)."""
+    threads = {}
+    for t in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            continue  # ended meanwhile
+        threads[t.id] = ("main" if t.id == pid else name, t.user_time + t.system_time)
+    return threads
+
+
+def cpu_by_name(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two ``thread_cpu`` snapshots, per thread name, most first (librdkafka's
+    broker threads together; a thread that ended meanwhile is not counted)."""
+    spent: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        key = "rdk:broker*" if name.startswith("rdk:broker") else name
+        spent[key] = spent.get(key, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
 def bench_environment(suffix: str) -> dict[str, str]:
@@ -272,6 +300,7 @@ def _drive(
     process = psutil.Process(pid)
     peak = PeakSampler(pid)
     profiler = Profiler(pid, profile) if profile is not None else None
+    threads_before = thread_cpu(pid)
     cpu_before = sum(process.cpu_times()[:2])
     start = time.monotonic()
     for command_id, key, data in commands:
@@ -283,6 +312,7 @@ def _drive(
         raise RuntimeError(f"only {len(latencies)} of {transfers} transfers answered")
     elapsed = last_answer[0] - start
     cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+    by_thread = cpu_by_name(pid, threads_before, thread_cpu(pid))
     if profiler is not None:
         profiler.stop()
     rss = peak.stop()
@@ -299,4 +329,5 @@ def _drive(
         "handler_cpu_percent": 100 * cpu_s / elapsed,
         "handler_cpu_us_per_command": 1e6 * cpu_s / transfers,
         "handler_peak_rss_mib": rss,
+        "handler_cpu_us_by_thread": {name: 1e6 * seconds / transfers for name, seconds in by_thread.items()},
     }
