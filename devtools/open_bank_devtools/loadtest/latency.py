@@ -13,12 +13,15 @@ attempts whose reasons are checked), at a rate that rises one step every
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
 import sys
 import threading
 import time
 import tomllib
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -108,6 +111,10 @@ class Row:
     broker_rss_mib: float | None = None
     postgres_cpu: float | None = None
     postgres_rss_mib: float | None = None
+    # the handler's own word at the end of the loop (its /health/ready): 1 ready, 0 not (no group
+    # assignment, waiting for a dependency, stopped, no answer); empty when it has no health endpoint
+    handler_ready: int | None = None
+    handler_state: str | None = None
 
 
 COLUMNS = [f.name for f in fields(Row)]
@@ -254,6 +261,23 @@ class LatencyTest:
         self.client = BankClient(settings, linger_ms=config.load_linger_ms, keep_all=False, on_answer=self._on_answer)
         # the probe sends through a producer of its own that does not wait to batch
         self.probe = Producer({**settings.kafka.common(), "acks": "all", "linger.ms": 0})
+        self.health_url = f"http://127.0.0.1:{settings.health_port}/health/ready" if settings.health_port else None
+
+    def _handler_health(self) -> tuple[int | None, str | None]:
+        """(1 ready / 0 not, its state) from the handler's health endpoint; (None, None) without one."""
+        if self.health_url is None:
+            return None, None
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=1) as answer:
+                report = json.loads(answer.read())
+        except urllib.error.HTTPError as err:  # 503: not ready, with the same report
+            try:
+                report = json.loads(err.read())
+            except ValueError:
+                return 0, f"HTTP {err.code}"
+        except (OSError, ValueError) as err:
+            return 0, f"no answer ({type(err).__name__})"
+        return int(bool(report.get("ready"))), str(report.get("state", ""))[:120]
 
     def _on_answer(self, topic: str, answer: Answer) -> None:
         if self.load is not None:
@@ -338,6 +362,7 @@ class LatencyTest:
                     reason_mismatches=mismatches,
                 )
                 last_sent, last_answered, last_at = sent, answered, now
+                row.handler_ready, row.handler_state = self._handler_health()
                 if loop % c.measure_every == 0:
                     for component, (cpu, rss) in self.sampler.sample().items():
                         setattr(row, f"{component}_cpu", cpu)
