@@ -1,10 +1,22 @@
 """Commands from Kafka bytes, outcomes to Kafka messages: Avro in the Confluent wire format.
 
-Serialization uses confluent_kafka's AvroSerializer with ``auto.register.schemas=false``
-and the TopicRecordNameStrategy; deserialization uses AvroDeserializer with our own
-reader schemas (so a compatible newer writer schema still decodes). Anything that
-cannot become a command is a ``PoisonMessage``; a registry that cannot be reached
-is ``RegistryUnavailable`` (retry, never set the message aside for that).
+The framing is Confluent's: byte 0, the schema id (4 bytes, big-endian), the Avro
+binary body, written and read by fastavro's schemaless writer and reader. The
+registry is asked what confluent_kafka's AvroSerializer and AvroDeserializer
+ask it, through the same SchemaRegistryClient (which caches its answers):
+
+* writing, the id of each output subject (TopicRecordNameStrategy, with
+  ``auto.register.schemas=false``): ``lookup_schema(subject, writer text)`` the
+  first time the subject is written, then cached here with its parsed schema;
+* reading, the writer schema of an id: ``get_schema(id)`` the first time the id
+  is seen; it is parsed once and resolved against our own reader schema of
+  that record (so a compatible newer writer schema still decodes), and when
+  both encode alike (same Parsing Canonical Form) the body is read with the
+  writer schema alone.
+
+Anything that cannot become a command is a ``PoisonMessage``; a registry that
+cannot be reached is ``RegistryUnavailable`` (retry, never set the message aside
+for that).
 """
 
 from __future__ import annotations
@@ -15,12 +27,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
+from io import BytesIO
 from typing import Any
 
-from confluent_kafka.schema_registry import SchemaRegistryClient, topic_record_subject_name_strategy
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
 
 from command_handler.config import Topics
 from command_handler.domain.model import (
@@ -67,14 +80,48 @@ def _full_name(schema: dict[str, Any]) -> str:
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
-def _to_record(value: Any) -> dict[str, Any]:
-    """Avro record of a domain value: UUIDs as their 16 bytes, ``from_`` as ``from``."""
-    record: dict[str, Any] = {}
-    for field, item in vars(value).items():
-        if field == "username" and isinstance(value, BalanceChanged):
-            continue  # the key, not a field
-        record["from" if field == "from_" else field] = item.bytes if isinstance(item, uuid.UUID) else item
-    return record
+# Avro records of the domain's values: UUIDs as their 16 bytes, ``from_`` as ``from``; a BalanceChanged's
+# username is its key, not a field. One function per type: no reflection per message.
+_RECORDS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    AccountCreationConfirmed: lambda v: {"id": v.id.bytes, "iban": v.iban, "token": v.token},
+    AccountCreationFailed: lambda v: {"id": v.id.bytes, "reason": v.reason},
+    MoneyTransferConfirmed: lambda v: {"id": v.id.bytes},
+    MoneyTransferFailed: lambda v: {"id": v.id.bytes, "reason": v.reason},
+    BalanceChanged: lambda v: {
+        "iban": v.iban,
+        "new_balance": v.new_balance,
+        "changed_by": v.changed_by,
+        "from_to": v.from_to,
+        "description": v.description,
+    },
+}
+
+
+def _parse(schema_str: str) -> Any:
+    """fastavro's parsed form of a schema text (parsed once; the result is cached by the caller)."""
+    return parse_schema(json.loads(schema_str))
+
+
+def _canonical(parsed: Any) -> str:
+    return str(to_parsing_canonical_form(parsed))
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """What one output subject is written with: the registered id's 5-byte header and the parsed schema."""
+
+    header: bytes
+    schema: Any
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """How the records of one writer schema id are read: the writer's parsed schema, and our reader
+    schema when the two differ in what decides the encoding (None: read with the writer's alone)."""
+
+    name: str
+    writer: Any
+    reader: Any
 
 
 class AvroCodec:
@@ -94,7 +141,6 @@ class AvroCodec:
         later records with it are poison at once (the registry is still asked each time)."""
         self.client = client
         self.command_topic = topics.commands
-        strategy = {"subject.name.strategy": topic_record_subject_name_strategy}
         records = topology.records
         self._destinations = {
             AccountCreationConfirmed: topics.account_creation_feedback,
@@ -104,19 +150,18 @@ class AvroCodec:
             BalanceChanged: topics.balance_changed,
         }
         writers = writer_schemas or {}
-        self._serializers = {
-            kind: AvroSerializer(
-                client,
-                writers.get(f"{topic}-{records[kind.__name__].full_name}", records[kind.__name__].schema_str),
-                conf={"auto.register.schemas": False, **strategy},
-            )
-            for kind, topic in self._destinations.items()
-        }
-        self._deserializers = {
-            records[name].full_name: AvroDeserializer(client, records[name].schema_str, conf=strategy)
-            for name in COMMAND_RECORDS
-        }
-        self._names: dict[int, str] = {}
+        # per output type: (topic, subject, the text written with); its id is looked up on first use
+        self._outputs: dict[type, tuple[str, str, str]] = {}
+        for kind, topic in self._destinations.items():
+            subject = f"{topic}-{records[kind.__name__].full_name}"
+            self._outputs[kind] = (topic, subject, writers.get(subject, records[kind.__name__].schema_str))
+        self._writers: dict[type, _Writer] = {}
+        # our reader schemas of the command records, by full name: parsed, and their canonical form
+        self._reader_schemas: dict[str, tuple[Any, str]] = {}
+        for name in COMMAND_RECORDS:
+            parsed = _parse(records[name].schema_str)
+            self._reader_schemas[records[name].full_name] = (parsed, _canonical(parsed))
+        self._readers: dict[int, _Reader] = {}
         self._lock = threading.Lock()
         self.unknown_schema_grace_s = unknown_schema_grace_s
         self._clock = clock
@@ -124,9 +169,9 @@ class AvroCodec:
 
     # -- decoding ---------------------------------------------------------------
 
-    def _record_name(self, schema_id: int) -> str:
-        with self._lock:
-            cached = self._names.get(schema_id)
+    def _reader(self, schema_id: int) -> _Reader:
+        """How to read records of ``schema_id``: the registry's writer schema of it, parsed once."""
+        cached = self._readers.get(schema_id)
         if cached is not None:
             return cached
         try:
@@ -138,9 +183,22 @@ class AvroCodec:
         except ValueError as err:
             raise PoisonMessage(f"schema id {schema_id} is not an Avro record schema", "not-a-command") from err
         name = _full_name(parsed) if isinstance(parsed, dict) else str(parsed)
+        ours = self._reader_schemas.get(name)
+        if ours is None:
+            raise PoisonMessage(f"{name} (schema id {schema_id}) is not a command record", "not-a-command")
+        try:
+            writer = parse_schema(parsed)
+            reader = None if _canonical(writer) == ours[1] else ours[0]
+        except Exception as err:
+            raise PoisonMessage(
+                f"cannot decode {name}: schema id {schema_id} is not a valid Avro schema: {err}", "undecodable"
+            ) from err
+        found = _Reader(name, writer, reader)
         with self._lock:
-            self._names[schema_id] = name
-        return name
+            if len(self._readers) >= 10_000:  # hostile input with ever new ids: keep memory bounded
+                self._readers.clear()
+            self._readers[schema_id] = found
+        return found
 
     def _unknown(self, schema_id: int) -> Exception:
         """The registry answered 404 for ``schema_id``: wait for it while the grace lasts, then give up."""
@@ -165,35 +223,62 @@ class AvroCodec:
         if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
             raise PoisonMessage("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)", "not-avro")
         schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
-        name = self._record_name(schema_id)
-        deserializer = self._deserializers.get(name)
-        if deserializer is None:
-            raise PoisonMessage(f"{name} (schema id {schema_id}) is not a command record", "not-a-command")
+        reader = self._reader(schema_id)
+        name = reader.name
         try:
-            record = deserializer(value, SerializationContext(self.command_topic, MessageField.VALUE))
+            body = BytesIO(value)
+            body.seek(HEADER_SIZE)
+            record = schemaless_reader(body, reader.writer, reader.reader)
+            if not isinstance(record, dict):
+                raise TypeError("no record")
+            command_id = uuid.UUID(bytes=record["id"])
+            if name.endswith(".ConfirmAccountCreation"):
+                return ConfirmAccountCreation(command_id, record["username"])
+            return ConfirmMoneyTransfer(
+                command_id, record["token"], record["amount"], record["from"], record["to"], record["description"]
+            )
         except Exception as err:
-            if _is_registry_error(err):
-                raise _registry_failure(err, f"schema id {schema_id}", partial(self._unknown, schema_id)) from err
             raise PoisonMessage(f"cannot decode {name}: {type(err).__name__}: {err}", "undecodable") from err
-        if not isinstance(record, dict):
-            raise PoisonMessage(f"cannot decode {name}: no record", "undecodable")
-        command_id = uuid.UUID(bytes=record["id"])
-        if name.endswith(".ConfirmAccountCreation"):
-            return ConfirmAccountCreation(command_id, record["username"])
-        return ConfirmMoneyTransfer(
-            command_id, record["token"], record["amount"], record["from"], record["to"], record["description"]
-        )
 
     # -- encoding ---------------------------------------------------------------
 
+    def _writer(self, kind: type) -> _Writer:
+        """The id and parsed schema of an output type's subject: looked up in the registry the first time
+        (as AvroSerializer with ``auto.register.schemas=false`` does), then kept."""
+        cached = self._writers.get(kind)
+        if cached is not None:
+            return cached
+        _, subject, schema_str = self._outputs[kind]
+        try:
+            registered = self.client.lookup_schema(subject, Schema(schema_str, "AVRO"))
+        except Exception as err:
+            if _is_registry_error(err) and not _refused(err):
+                raise RegistryUnavailable(f"looking up {subject}: {type(err).__name__}: {err}") from err
+            raise
+        schema_id = int(registered.schema_id)  # type: ignore[arg-type]
+        found = _Writer(bytes((MAGIC_BYTE,)) + schema_id.to_bytes(4, "big"), _parse(schema_str))
+        with self._lock:
+            self._writers[kind] = found
+        return found
+
     def _message(self, value: Any, key: bytes | None) -> OutMessage:
-        topic = self._destinations[type(value)]
-        data = self._serializers[type(value)](_to_record(value), SerializationContext(topic, MessageField.VALUE))
-        assert data is not None
-        return OutMessage(topic, key, data)
+        kind = type(value)
+        writer = self._writer(kind)
+        out = BytesIO()
+        out.write(writer.header)
+        schemaless_writer(out, writer.schema, _RECORDS[kind](value))
+        return OutMessage(self._destinations[kind], key, out.getvalue())
 
     def encode(self, command_key: bytes | None, outcome: Outcome) -> list[OutMessage]:
         """The answer (keyed like the command) and the BalanceChanged events (keyed by account owner)."""
         messages = [self._message(outcome.feedback, command_key)]
         messages += [self._message(event, event.username.encode()) for event in outcome.events]
         return messages
+
+
+def _refused(err: BaseException) -> bool:
+    """A registry answer that waiting will not change (a 4xx other than auth, time-out, rate limit)."""
+    if not isinstance(err, SchemaRegistryError):
+        return False
+    status = err.http_status_code
+    return status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429)

@@ -33,6 +33,58 @@ from command_handler.domain.model import (
 )
 from command_handler.domain.rules import Account
 
+# The statements, built once (a text() clause parses its SQL for bind parameters when it is made). Every
+# parameter is an array cast to its column type: the engine sends lists as binary arrays
+# (database.binary_arrays), the cheapest way psycopg has to pass them; without that they go as text arrays.
+_CLAIM = {
+    table: text(
+        f"INSERT INTO {table} (uuid) SELECT u FROM unnest(CAST(:ids AS uuid[])) AS u ORDER BY u "
+        "ON CONFLICT (uuid) DO NOTHING RETURNING uuid"
+    )
+    for table in ("cac", "cmt")
+}
+_CREATION_OUTCOMES = text("SELECT uuid, iban, token, reason FROM cac WHERE uuid = ANY(CAST(:ids AS uuid[]))")
+_TRANSFER_OUTCOMES = text(
+    "SELECT uuid, reason, source_topic, source_partition, source_offset FROM cmt WHERE uuid = ANY(CAST(:ids AS uuid[]))"
+)
+_TRANSFER_EVENTS = text(
+    "SELECT cmt_uuid, username, iban, new_balance, changed_by, from_to, description "
+    "FROM cmt_balance_changed WHERE cmt_uuid = ANY(CAST(:ids AS uuid[])) ORDER BY cmt_uuid, seq"
+)
+_LOCK_ACCOUNTS = text(
+    "SELECT username, iban, token, amount, lmt FROM balance "
+    "WHERE iban = ANY(CAST(:ibans AS text[])) ORDER BY iban FOR UPDATE"
+)
+_OPEN_ACCOUNT = text(
+    "INSERT INTO balance (username, iban, token) VALUES (:u, :i, :t) ON CONFLICT (iban) DO NOTHING RETURNING amount, lmt"
+)
+_SET_AMOUNTS = text(
+    "UPDATE balance AS b SET amount = u.amount "
+    "FROM unnest(CAST(:ibans AS text[]), CAST(:amounts AS bigint[])) AS u(iban, amount) "
+    "WHERE b.iban = u.iban"
+)
+_RECORD_CREATIONS = text(
+    "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:usernames AS text[]), CAST(:ibans AS text[]), "
+    "CAST(:tokens AS text[]), CAST(:reasons AS text[])) AS u(uuid, username, iban, token, reason) "
+    "WHERE c.uuid = u.uuid"
+)
+_RECORD_TRANSFERS = text(
+    "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
+    "source_partition = u.src_partition, source_offset = u.src_offset "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:topics AS text[]), "
+    "CAST(:partitions AS int[]), CAST(:offsets AS bigint[])) "
+    "AS u(uuid, reason, src_topic, src_partition, src_offset) "
+    "WHERE c.uuid = u.uuid"
+)
+_RECORD_EVENTS = text(
+    "INSERT INTO cmt_balance_changed "
+    "(cmt_uuid, seq, username, iban, new_balance, changed_by, from_to, description) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seqs AS smallint[]), CAST(:usernames AS text[]), "
+    "CAST(:ibans AS text[]), CAST(:balances AS bigint[]), CAST(:changes AS bigint[]), "
+    "CAST(:from_tos AS text[]), CAST(:descriptions AS text[]))"
+)
+
 
 class PostgresLedger:
     def __init__(self, conn: Connection) -> None:
@@ -56,46 +108,25 @@ class PostgresLedger:
         ordered = sorted(set(ids))
         if not ordered:
             return set()
-        rows = self.conn.execute(
-            text(
-                f"INSERT INTO {table} (uuid) SELECT u FROM unnest(CAST(:ids AS uuid[])) AS u ORDER BY u "
-                "ON CONFLICT (uuid) DO NOTHING RETURNING uuid"
-            ),
-            {"ids": ordered},
-        )
+        rows = self.conn.execute(_CLAIM[table], {"ids": ordered})
         return {r[0] for r in rows}
 
     def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
         ids = list(ids)
         if not ids:
             return {}
-        rows = self.conn.execute(
-            text("SELECT uuid, iban, token, reason FROM cac WHERE uuid = ANY(CAST(:ids AS uuid[]))"),
-            {"ids": ids},
-        )
+        rows = self.conn.execute(_CREATION_OUTCOMES, {"ids": ids})
         return {r[0]: _creation_outcome(r[0], r[1], r[2], r[3]) for r in rows}
 
     def transfer_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, tuple[Outcome, Source | None]]:
         ids = list(ids)
         if not ids:
             return {}
-        rows = self.conn.execute(
-            text(
-                "SELECT uuid, reason, source_topic, source_partition, source_offset "
-                "FROM cmt WHERE uuid = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": ids},
-        ).all()
+        rows = self.conn.execute(_TRANSFER_OUTCOMES, {"ids": ids}).all()
         reasons: dict[UUID, str | None] = {r[0]: r[1] for r in rows}
         sources = {r[0]: Source(r[2], r[3], r[4]) if r[2] is not None else None for r in rows}
         events: dict[UUID, list[BalanceChanged]] = defaultdict(list)
-        for r in self.conn.execute(
-            text(
-                "SELECT cmt_uuid, username, iban, new_balance, changed_by, from_to, description "
-                "FROM cmt_balance_changed WHERE cmt_uuid = ANY(CAST(:ids AS uuid[])) ORDER BY cmt_uuid, seq"
-            ),
-            {"ids": ids},
-        ):
+        for r in self.conn.execute(_TRANSFER_EVENTS, {"ids": ids}):
             events[r[0]].append(BalanceChanged(*r[1:]))
         return {
             i: (_transfer_outcome(i, reason, tuple(events.get(i, ()))), sources[i]) for i, reason in reasons.items()
@@ -107,35 +138,19 @@ class PostgresLedger:
         ordered = sorted(set(ibans))
         if not ordered:
             return {}
-        rows = self.conn.execute(
-            text(
-                "SELECT username, iban, token, amount, lmt FROM balance "
-                "WHERE iban = ANY(CAST(:ibans AS text[])) ORDER BY iban FOR UPDATE"
-            ),
-            {"ibans": ordered},
-        )
+        rows = self.conn.execute(_LOCK_ACCOUNTS, {"ibans": ordered})
         return {r[1]: Account(r[0], r[1], r[2], r[3], r[4]) for r in rows}
 
     def open_account(self, username: str, iban: str, token: str) -> Account | None:
         """Insert a new account; None when the IBAN is taken already."""
-        row = self.conn.execute(
-            text(
-                "INSERT INTO balance (username, iban, token) VALUES (:u, :i, :t) "
-                "ON CONFLICT (iban) DO NOTHING RETURNING amount, lmt"
-            ),
-            {"u": username, "i": iban, "t": token},
-        ).first()
+        row = self.conn.execute(_OPEN_ACCOUNT, {"u": username, "i": iban, "t": token}).first()
         return None if row is None else Account(username, iban, token, row[0], row[1])
 
     def set_amounts(self, accounts: Sequence[Account]) -> None:
         if not accounts:
             return
         self.conn.execute(
-            text(
-                "UPDATE balance AS b SET amount = u.amount "
-                "FROM unnest(CAST(:ibans AS text[]), CAST(:amounts AS bigint[])) AS u(iban, amount) "
-                "WHERE b.iban = u.iban"
-            ),
+            _SET_AMOUNTS,
             {"ibans": [a.iban for a in accounts], "amounts": [a.amount for a in accounts]},
         )
 
@@ -148,12 +163,7 @@ class PostgresLedger:
             (command.id, rules.storable(command.username), _creation_columns(outcome)) for command, outcome in outcomes
         ]
         self.conn.execute(
-            text(
-                "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:usernames AS text[]), CAST(:ibans AS text[]), "
-                "CAST(:tokens AS text[]), CAST(:reasons AS text[])) AS u(uuid, username, iban, token, reason) "
-                "WHERE c.uuid = u.uuid"
-            ),
+            _RECORD_CREATIONS,
             {
                 "ids": [i for i, _, _ in rows],
                 "usernames": [username for _, username, _ in rows],
@@ -167,14 +177,7 @@ class PostgresLedger:
         if not outcomes:
             return
         self.conn.execute(
-            text(
-                "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
-                "source_partition = u.src_partition, source_offset = u.src_offset "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:topics AS text[]), "
-                "CAST(:partitions AS int[]), CAST(:offsets AS bigint[])) "
-                "AS u(uuid, reason, src_topic, src_partition, src_offset) "
-                "WHERE c.uuid = u.uuid"
-            ),
+            _RECORD_TRANSFERS,
             {
                 "ids": [i for i, _, _ in outcomes],
                 "reasons": [o.reason for _, o, _ in outcomes],
@@ -186,13 +189,7 @@ class PostgresLedger:
         events = [(i, seq, e) for i, o, _ in outcomes for seq, e in enumerate(o.events)]
         if events:
             self.conn.execute(
-                text(
-                    "INSERT INTO cmt_balance_changed "
-                    "(cmt_uuid, seq, username, iban, new_balance, changed_by, from_to, description) "
-                    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seqs AS smallint[]), CAST(:usernames AS text[]), "
-                    "CAST(:ibans AS text[]), CAST(:balances AS bigint[]), CAST(:changes AS bigint[]), "
-                    "CAST(:from_tos AS text[]), CAST(:descriptions AS text[]))"
-                ),
+                _RECORD_EVENTS,
                 {
                     "ids": [i for i, _, _ in events],
                     "seqs": [seq for _, seq, _ in events],

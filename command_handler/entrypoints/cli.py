@@ -23,6 +23,8 @@ EXIT_CONFIG = 2
 # Installed development tools (open-bank-devtools) add their subcommands through entry points of this group:
 # each is a callable (subparsers, formatter class) -> None that adds a parser with set_defaults(func=...).
 TOOLS_GROUP = "command_handler.subcommands"
+# the product's own commands: for these the tools are not loaded (a handler imports nothing it does not use)
+PRODUCT_COMMANDS = ("run", "migrate", "sync")
 
 
 class JsonFormatter(logging.Formatter):
@@ -177,7 +179,8 @@ class StartupInterrupted(BaseException):
     that no retry of the start-up wait (which catches ``Exception``) swallows it."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(tools: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``tools``: with the subcommands of the installed development tools."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="command-handler",
@@ -227,13 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", action="store_true", help="run the synchronizer first (create topics, register schemas)")
     p.set_defaults(func=cmd_run)
 
-    for tool in sorted(entry_points(group=TOOLS_GROUP), key=lambda e: e.name):
+    for tool in sorted(entry_points(group=TOOLS_GROUP), key=lambda e: e.name) if tools else ():
         tool.load()(sub, formatter)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(tools=not (argv and argv[0] in PRODUCT_COMMANDS)).parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as err:

@@ -74,7 +74,7 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from open_bank_devtools.loadtest.latency import LatencyConfig, LatencyTest
+    from open_bank_devtools.loadtest.latency import LatencyConfig, LatencyTest, rss_trend
     from open_bank_devtools.loadtest.resources import ResourceSampler, pids_of, postgres_pids, process_tree
     from open_bank_devtools.stack.local_stack import StackConfig, stack_pid
 
@@ -96,6 +96,10 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     test = LatencyTest(settings, config, Path(args.results), sampler)
     path, loops = test.run()
     ok = loops >= config.min_loops
+    trend = rss_trend(path)
+    if trend is not None:
+        print(trend.line())
+    print(f"{path}: {test.time_outs} time-outs")
     print(f"{path}: {loops} loops ({'met' if ok else 'did not meet'} the criterion of {config.min_loops})")
     return 0 if ok else EXIT_FAILURE
 
@@ -107,7 +111,7 @@ def add_latency(sub: Subparsers, formatter: Formatter) -> None:
         epilog=variables_epilog("kafka", "registry"),
         formatter_class=formatter,
     )
-    p.add_argument("--config", default="reference", help="preset name (reference, ci) or TOML file")
+    p.add_argument("--config", default="reference", help="preset name (reference, ci, soak) or TOML file")
     p.add_argument("--results", default="results", help="folder of the results files (default: results)")
     p.add_argument("--name", help="name of the results file (the variant), instead of the config's")
     p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
@@ -168,7 +172,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     from open_bank_devtools.loadtest.bench import run_bench
 
-    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results))
+    profile = Path(args.profile) if args.profile else None
+    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results), profile=profile)
     return 0
 
 
@@ -185,6 +190,12 @@ def add_bench(sub: Subparsers, formatter: Formatter) -> None:
     p.add_argument("--accounts", type=int, default=1_000, help="pre-created accounts (default 1000)")
     p.add_argument("--pgbench-seconds", type=int, default=15, help="how long pgbench runs (default 15)")
     p.add_argument("--results", default="results", help="folder of the results file (default: results)")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also profile the handler while it works with py-spy (installed separately) into FILE "
+        "(collapsed stacks; the CPU figure then includes the sampling's cost)",
+    )
     p.set_defaults(func=cmd_bench)
 
 

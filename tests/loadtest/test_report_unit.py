@@ -61,3 +61,21 @@ def test_runs_of_a_variant_are_pooled_per_load_level(tmp_path: Path) -> None:
     assert written["latency"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in written["html"].read_text()
     assert written["markdown"].read_text().count("\n") == 2 + 2  # header, rule, two levels
+
+
+def test_time_outs_and_a_handler_not_ready_are_counted_and_charted(tmp_path: Path) -> None:
+    base = {"step": "deposit 10.00", "load_offered": 10, "load_answered": 10, "reason_mismatches": 0, "feedback_ms": 1}
+    write_run(
+        tmp_path / "v-2026-01-01-00-00.csv",
+        [{**base, "loop": 1, "time_s": 1, "load_target": 0, "balance_ms": 10, "timed_out": 0, "handler_ready": 1},
+         {**base, "loop": 2, "time_s": 2, "load_target": 50, "balance_ms": "", "timed_out": 1, "handler_ready": 0,
+          "handler_state": "joining the consumer group"},
+         {**base, "loop": 3, "time_s": 3, "load_target": 50, "balance_ms": "", "timed_out": 1, "handler_ready": 0}],
+    )  # fmt: skip
+    levels = {lv.load: lv for lv in summarize(tmp_path)}
+    # the level where every probe timed out is not dropped: it is what ended the run
+    assert (levels[50].time_outs, levels[50].not_ready, levels[50].samples) == (2, 2, 0)
+    assert (levels[0].time_outs, levels[0].not_ready) == (0, 0)
+    written = write_report(tmp_path, tmp_path / "report")
+    assert written["timeline"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "not ready" in written["markdown"].read_text()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,7 +70,11 @@ class BenchResult:
     latency_p99_ms: float
     confirmed: int
     handler_cpu_percent: float
+    handler_cpu_us_per_command: float
     handler_peak_rss_mib: float
+    # µs of CPU per command by thread name: the main (consumer) thread, the other Python threads ("python"),
+    # librdkafka's ("rdk:main", "rdk:broker…", ...)
+    handler_cpu_us_by_thread: dict[str, float]
     pgbench_connections: int
     pgbench_tps: float
     ratio: float
@@ -79,9 +85,14 @@ class BenchResult:
             f"end to end ({self.confirmed} confirmed)",
             f"handler: answer latency p50 {self.latency_p50_ms:.0f} ms, p95 {self.latency_p95_ms:.0f} ms, "
             f"p99 {self.latency_p99_ms:.0f} ms (all commands queued at once)",
-            f"handler: CPU {self.handler_cpu_percent:.0f}% of one core, peak RSS {self.handler_peak_rss_mib:.1f} MiB",
+            f"handler: CPU {self.handler_cpu_percent:.0f}% of one core while it ran (user + system); µs per "
+            "command by thread: " + ", ".join(f"{name} {us:.1f}" for name, us in self.handler_cpu_us_by_thread.items()),
             f"pgbench: {self.pgbench_tps:.0f} transfers/s ({self.pgbench_connections} connection, one transfer per "
             "transaction, same statements and isolation)",
+            # the four figures the benchmark is for, last
+            f"commands/s: {self.commands_per_s:.0f}",
+            f"handler CPU per command: {self.handler_cpu_us_per_command:.1f} µs (user + system)",
+            f"handler peak RSS: {self.handler_peak_rss_mib:.1f} MiB",
             f"ratio handler/pgbench: {self.ratio:.2f}",
         ]
 
@@ -107,6 +118,54 @@ class PeakSampler:
         self._stop.set()
         self._thread.join(1)
         return self.peak / 2**20
+
+
+class Profiler:
+    """py-spy sampling a running process (``--nonblocking``: the process is never paused) until ``stop``."""
+
+    def __init__(self, pid: int, path: Path, rate_hz: int = 200) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.path = path
+        self.process = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--nonblocking", "--rate", str(rate_hz), "--format", "raw",
+             "--output", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.5)  # attached before the load starts (py-spy has no "ready" signal)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            _, err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        if not self.path.exists():
+            raise RuntimeError(f"py-spy wrote no profile: {err.strip()}")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of a process: its name and CPU seconds so far (user + system)."""
+    threads = {}
+    for t in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{t.id}/comm").read_text().strip()
+        except OSError:
+            continue  # ended meanwhile
+        threads[t.id] = ("main" if t.id == pid else name, t.user_time + t.system_time)
+    return threads
+
+
+def cpu_by_name(
+    pid: int, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two ``thread_cpu`` snapshots, per thread name, most first (librdkafka's
+    broker threads together; a thread that ended meanwhile is not counted)."""
+    spent: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        key = "rdk:broker*" if name.startswith("rdk:broker") else name
+        spent[key] = spent.get(key, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
 def bench_environment(suffix: str) -> dict[str, str]:
@@ -165,7 +224,9 @@ def run_bench(
     pgbench_seconds: int = 15,
     results_dir: Path = Path("results"),
     out: bool = True,
+    profile: Path | None = None,
 ) -> BenchResult:
+    """``profile``: where py-spy writes the handler's profile of the timed part (collapsed stacks, ``-f raw``)."""
     suffix = uuid.uuid4().hex[:8]
     env = bench_environment(suffix)
     settings = load_settings(env)
@@ -185,7 +246,7 @@ def run_bench(
         except (RuntimeError, TimeoutError) as err:
             raise RuntimeError(f"{err}; see {log_path}") from err
         say(f"bench: {transfers} transfers as fast as possible")
-        result = _drive(settings, handler.pid, rows, transfers)
+        result = _drive(settings, handler.pid, rows, transfers, profile)
     finally:
         handler.terminate()
         handler.wait(60)
@@ -205,7 +266,9 @@ def run_bench(
     return bench
 
 
-def _drive(settings: Settings, pid: int, rows: list[tuple[str, str, str]], transfers: int) -> dict[str, Any]:
+def _drive(
+    settings: Settings, pid: int, rows: list[tuple[str, str, str]], transfers: int, profile: Path | None = None
+) -> dict[str, Any]:
     sent_at: dict[uuid.UUID, float] = {}
     latencies: list[float] = []
     confirmed = [0]
@@ -236,6 +299,8 @@ def _drive(settings: Settings, pid: int, rows: list[tuple[str, str, str]], trans
         commands.append((command_id, username.encode(), value))
     process = psutil.Process(pid)
     peak = PeakSampler(pid)
+    profiler = Profiler(pid, profile) if profile is not None else None
+    threads_before = thread_cpu(pid)
     cpu_before = sum(process.cpu_times()[:2])
     start = time.monotonic()
     for command_id, key, data in commands:
@@ -246,7 +311,10 @@ def _drive(settings: Settings, pid: int, rows: list[tuple[str, str, str]], trans
     if not done.wait(600):
         raise RuntimeError(f"only {len(latencies)} of {transfers} transfers answered")
     elapsed = last_answer[0] - start
-    cpu = 100 * (sum(process.cpu_times()[:2]) - cpu_before) / elapsed
+    cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+    by_thread = cpu_by_name(pid, threads_before, thread_cpu(pid))
+    if profiler is not None:
+        profiler.stop()
     rss = peak.stop()
     client.close()
     return {
@@ -258,6 +326,8 @@ def _drive(settings: Settings, pid: int, rows: list[tuple[str, str, str]], trans
         "latency_p95_ms": percentile(latencies, 95),
         "latency_p99_ms": percentile(latencies, 99),
         "confirmed": confirmed[0],
-        "handler_cpu_percent": cpu,
+        "handler_cpu_percent": 100 * cpu_s / elapsed,
+        "handler_cpu_us_per_command": 1e6 * cpu_s / transfers,
         "handler_peak_rss_mib": rss,
+        "handler_cpu_us_by_thread": {name: 1e6 * seconds / transfers for name, seconds in by_thread.items()},
     }

@@ -13,12 +13,16 @@ attempts whose reasons are checked), at a rate that rises one step every
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
+import statistics
 import sys
 import threading
 import time
 import tomllib
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -108,6 +112,10 @@ class Row:
     broker_rss_mib: float | None = None
     postgres_cpu: float | None = None
     postgres_rss_mib: float | None = None
+    # the handler's own word at the end of the loop (its /health/ready): 1 ready, 0 not (no group
+    # assignment, waiting for a dependency, stopped, no answer); empty when it has no health endpoint
+    handler_ready: int | None = None
+    handler_state: str | None = None
 
 
 COLUMNS = [f.name for f in fields(Row)]
@@ -236,6 +244,36 @@ def _fmt(value: Any) -> Any:
     return "" if value is None else (round(value, 3) if isinstance(value, float) else value)
 
 
+@dataclass(frozen=True)
+class RssTrend:
+    """The handler's RSS over one run: what a soak is for."""
+
+    samples: int
+    minutes: float
+    first_mib: float
+    last_mib: float
+    peak_mib: float
+    slope_mib_per_10_min: float  # least-squares line through every sample
+
+    def line(self) -> str:
+        return (
+            f"handler RSS: {self.first_mib:.1f} MiB at first, {self.last_mib:.1f} MiB at last, peak "
+            f"{self.peak_mib:.1f} MiB over {self.minutes:.1f} min ({self.samples} samples); slope "
+            f"{self.slope_mib_per_10_min:+.2f} MiB per 10 min"
+        )
+
+
+def rss_trend(path: Path) -> RssTrend | None:
+    """The RSS trend of the handler in a results file; None with fewer than two samples."""
+    with open(path, newline="") as f:
+        points = [(float(r["time_s"]), float(r["handler_rss_mib"])) for r in csv.DictReader(f) if r["handler_rss_mib"]]
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return None
+    times, rss = [t for t, _ in points], [m for _, m in points]
+    slope = statistics.linear_regression(times, rss).slope
+    return RssTrend(len(points), (times[-1] - times[0]) / 60, rss[0], rss[-1], max(rss), slope * 600)
+
+
 class LatencyTest:
     def __init__(
         self,
@@ -251,9 +289,27 @@ class LatencyTest:
         self.sampler = sampler
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.load: BackgroundLoad | None = None
+        self.time_outs = 0
         self.client = BankClient(settings, linger_ms=config.load_linger_ms, keep_all=False, on_answer=self._on_answer)
         # the probe sends through a producer of its own that does not wait to batch
         self.probe = Producer({**settings.kafka.common(), "acks": "all", "linger.ms": 0})
+        self.health_url = f"http://127.0.0.1:{settings.health_port}/health/ready" if settings.health_port else None
+
+    def _handler_health(self) -> tuple[int | None, str | None]:
+        """(1 ready / 0 not, its state) from the handler's health endpoint; (None, None) without one."""
+        if self.health_url is None:
+            return None, None
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=1) as answer:
+                report = json.loads(answer.read())
+        except urllib.error.HTTPError as err:  # 503: not ready, with the same report
+            try:
+                report = json.loads(err.read())
+            except ValueError:
+                return 0, f"HTTP {err.code}"
+        except (OSError, ValueError) as err:
+            return 0, f"no answer ({type(err).__name__})"
+        return int(bool(report.get("ready"))), str(report.get("state", ""))[:120]
 
     def _on_answer(self, topic: str, answer: Answer) -> None:
         if self.load is not None:
@@ -304,7 +360,7 @@ class LatencyTest:
         self.load.open_accounts(min(c.users, 1000))
         self.load.start()
         path = results_path(self.results_dir, c.name)
-        time_outs = 0
+        time_outs = self.time_outs = 0
         loop = 0
         started = time.monotonic()
         last_sent, last_answered, last_at = *self.load.counters()[:2], time.monotonic()
@@ -319,6 +375,7 @@ class LatencyTest:
                 step, feedback_ms, balance_ms = self._probe_step(loop, account)
                 timed_out = balance_ms is None or balance_ms > c.max_interaction_ms
                 time_outs += timed_out
+                self.time_outs = time_outs
                 remaining = c.interval_ms / 1000 - (time.monotonic() - loop_start)
                 if remaining > 0:
                     time.sleep(remaining)
@@ -338,6 +395,7 @@ class LatencyTest:
                     reason_mismatches=mismatches,
                 )
                 last_sent, last_answered, last_at = sent, answered, now
+                row.handler_ready, row.handler_state = self._handler_health()
                 if loop % c.measure_every == 0:
                     for component, (cpu, rss) in self.sampler.sample().items():
                         setattr(row, f"{component}_cpu", cpu)

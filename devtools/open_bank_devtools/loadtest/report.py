@@ -30,6 +30,7 @@ class Level:
     runs: int
     samples: int
     time_outs: int
+    not_ready: int  # loops that ended with the handler not ready (no assignment, waiting, no answer)
     mean_ms: float
     stderr_ms: float
     p50_ms: float
@@ -83,8 +84,8 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
     for (variant, load), group in sorted(rows.items()):
         latencies = [v for r in group if (v := _float(r["balance_ms"])) is not None]
         feedback = [v for r in group if (v := _float(r["feedback_ms"])) is not None]
-        if not latencies:
-            continue
+        # a level where every probe timed out is kept (its latencies empty): it is what ended the run
+        nan = float("nan")
         stdev = statistics.stdev(latencies) if len(latencies) > 1 else 0.0
         cpu, rss = {}, {}
         for c in COMPONENTS:
@@ -97,11 +98,12 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
                 runs=len(runs[(variant, load)]),
                 samples=len(latencies),
                 time_outs=sum(int(r["timed_out"]) for r in group),
-                mean_ms=statistics.fmean(latencies),
-                stderr_ms=stdev / math.sqrt(len(latencies)),
-                p50_ms=percentile(latencies, 50),
-                p95_ms=percentile(latencies, 95),
-                p99_ms=percentile(latencies, 99),
+                not_ready=sum(r.get("handler_ready") == "0" for r in group),
+                mean_ms=statistics.fmean(latencies) if latencies else nan,
+                stderr_ms=stdev / math.sqrt(len(latencies)) if latencies else nan,
+                p50_ms=percentile(latencies, 50) if latencies else nan,
+                p95_ms=percentile(latencies, 95) if latencies else nan,
+                p99_ms=percentile(latencies, 99) if latencies else nan,
                 feedback_p50_ms=percentile(feedback, 50) if feedback else float("nan"),
                 answered_per_s=statistics.fmean(float(r["load_answered"]) for r in group),
                 cpu=cpu,
@@ -122,6 +124,7 @@ HEADERS = [
     "runs",
     "samples",
     "time-outs",
+    "not ready",
     "mean ms",
     "± s.e.",
     "p50 ms",
@@ -146,6 +149,7 @@ def table_rows(levels: list[Level]) -> list[list[str]]:
             str(lv.runs),
             str(lv.samples),
             str(lv.time_outs),
+            str(lv.not_ready),
             _cell(lv.mean_ms),
             _cell(lv.stderr_ms),
             _cell(lv.p50_ms),
@@ -181,6 +185,17 @@ def charts(levels: list[Level], out: Path) -> list[Path]:
                 ax.plot(
                     loads, [lv.p99_ms for lv in mine], linestyle="--", color=line.get_color(), label=f"{variant} p99"
                 )
+                # what the latency of answered probes hides: the levels with time-outs or a handler not ready
+                for lv in mine:
+                    marks = [
+                        f"{n} {what}" for n, what in ((lv.time_outs, "time-out"), (lv.not_ready, "not ready")) if n
+                    ]
+                    if marks:
+                        ax.axvline(lv.load, color="red" if lv.time_outs else "orange", alpha=0.35, linewidth=1)
+                        ax.annotate(
+                            ", ".join(marks), (lv.load, 1), xycoords=("data", "axes fraction"), rotation=90,
+                            va="top", ha="right", fontsize=7, color="red" if lv.time_outs else "darkorange",
+                        )  # fmt: skip
             else:
                 points = [
                     (lv.load, getattr(lv, attr)["handler"]) for lv in mine if getattr(lv, attr)["handler"] is not None
@@ -202,6 +217,54 @@ def charts(levels: list[Level], out: Path) -> list[Path]:
     return written
 
 
+def timeline_chart(results: Path, out: Path, mapping: dict[str, str] | None = None, most: int = 6) -> Path | None:
+    """Each run's probe latency over its time, with every time-out (red x on the top edge) and every loop
+    that ended with the handler not ready (orange band): a run that lost its group shows as such."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [p for p in sorted(results.glob("*.csv")) if variant_of(p, mapping or {}) is not None][-most:]
+    if not paths:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    labelled: set[str] = set()
+
+    def once(label: str) -> str:
+        """The legend label the first time, then none (matplotlib leaves out labels starting with _)."""
+        if label in labelled:
+            return "_" + label
+        labelled.add(label)
+        return label
+
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if _float(r.get("time_s", "")) is not None]
+        times = [float(r["time_s"]) for r in rows]
+        ax.plot(times, [_float(r["balance_ms"]) or float("nan") for r in rows], linewidth=0.8, label=path.stem)
+        outs = [float(r["time_s"]) for r in rows if r["timed_out"] == "1"]
+        if outs:
+            ax.plot(outs, [1.0] * len(outs), "x", color="red", transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=once("time-out"))  # fmt: skip
+        previous = 0.0
+        for t, r in zip(times, rows, strict=True):
+            if r.get("handler_ready") == "0":
+                ax.axvspan(previous, t, color="orange", alpha=0.25, linewidth=0, label=once("handler not ready"))
+            previous = t
+    ax.set_title("Probe latency (BalanceChanged) over each run, time-outs and the handler not ready marked")
+    ax.set_xlabel("time since the run started (s)")
+    ax.set_ylabel("ms")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "timeline.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_report(results: Path, out: Path, mapping: dict[str, str] | None = None) -> dict[str, Path]:
     levels = summarize(results, mapping)
     if not levels:
@@ -219,6 +282,9 @@ def write_report(results: Path, out: Path, mapping: dict[str, str] | None = None
         + "".join("| " + " | ".join(r) + " |\n" for r in rows)
     )  # fmt: skip
     images = charts(levels, out)
+    timeline = timeline_chart(results, out, mapping)
+    if timeline is not None:
+        images.append(timeline)
     table = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>\n" for r in rows)
     page = out / "index.html"
     page.write_text(
@@ -229,6 +295,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:10
 <body><h1>End-to-end latency of the command handler</h1>
 <p>Runs pooled by variant; one row per background load level. Latency is from sending a probe command until its
 BalanceChanged arrived (feedback p50: until the answer arrived); CPU in % of one core; memory is RSS.
+Time-outs and loops that ended with the handler not ready (its /health/ready: no partitions assigned,
+waiting for a dependency, no answer) are counted in the table and marked on the charts.
 Source files: {html.escape(str(results))}.</p>
 {"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in images)}
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)}</tr>
