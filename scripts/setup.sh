@@ -3,8 +3,10 @@
 # the Debian packages the local stack needs (PostgreSQL's binaries for a cluster
 # of the stack's own, a JDK and Maven for Apache Kafka, acl, and for the tests
 # openssl and stunnel4), then a virtual environment in .venv with the product
-# (open-bank-command-handler, editable) and the development tools beside it
-# (devtools/: open-bank-devtools), and for `test` the checkers and pytest.
+# (open-bank-command-handler, editable), the development tools beside it
+# (devtools/: open-bank-devtools) and the GraphQL endpoint with the bank's page
+# (endpoint/: open-bank-endpoint), and for `test` the checkers and pytest, and
+# headless Chromium with its driver for the browser tests.
 # It starts no service: `command-handler stack up` does.
 # Usage: scripts/setup.sh [local|bench|test]   (default: test)
 set -euo pipefail
@@ -22,6 +24,11 @@ if [ "$extras" = "test" ]; then
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)
   command -v stunnel4 >/dev/null 2>&1 || packages+=(stunnel4)
 fi
+if [ "$extras" = "test" ] || [ "$extras" = "bench" ]; then
+  # the browser tests and the browser latency test: headless Chromium and its driver, from Debian
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup: installing from Debian's packages: ${packages[*]}"
   apt-get update -qq
@@ -35,11 +42,12 @@ fi
 product="."
 [ "$extras" = "test" ] && product=".[dev]"
 stamp=".venv/.installed-$extras"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ] \
+    || [ endpoint/pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the product and the development tools ($extras)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools -e ./endpoint 2>&1 \
     | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import command_handler, open_bank_devtools, confluent_kafka, sqlalchemy, alembic"
+  .venv/bin/python -c "import command_handler, open_bank_devtools, open_bank_endpoint, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi

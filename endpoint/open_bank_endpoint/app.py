@@ -1,0 +1,143 @@
+"""The ASGI application: GraphQL over HTTP at /graphql and over WebSocket at /graphql-ws
+(subscriptions-transport-ws, subprotocol ``graphql-ws``), the bank's page at /, and /health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ariadne.asgi import GraphQL
+from ariadne.asgi.handlers import GraphQLHTTPHandler, GraphQLWSHandler
+from ariadne.types import Operation
+from graphql import GraphQLError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from open_bank_endpoint.bank import Bank
+from open_bank_endpoint.config import EndpointSettings
+from open_bank_endpoint.schema import build_schema
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+SUBPROTOCOL = "graphql-ws"
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """A browser's Origin is the endpoint's own (served this page) or one allowed; clients without one pass."""
+    if not origin:
+        return True
+    return urlsplit(origin).netloc == host or origin.rstrip("/") in allowed
+
+
+class LegacyWSHandler(GraphQLWSHandler):
+    """Ariadne's subscriptions-transport-ws handler, as lenient as the reference's endpoint: an operation may
+    start before ``connection_init`` (the reference's load generators never send one), and a browser from an
+    origin not allowed is refused."""
+
+    def __init__(self, allowed_origins: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.allowed_origins = allowed_origins
+
+    async def handle_websocket(self, websocket: WebSocket) -> None:
+        if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), self.allowed_origins):
+            await websocket.close(code=4403)
+            return
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        operations: dict[str, Operation] = {}
+        try:
+            while WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
+                message = await websocket.receive_json()
+                if isinstance(message, dict):
+                    await self.handle_websocket_message(websocket, message, operations)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        except Exception as error:  # a frame that is not JSON: the socket is closed, as the reference does
+            log.info("closing a WebSocket: %s", error)
+            if websocket.application_state != WebSocketState.DISCONNECTED:
+                await websocket.close(code=1003)
+        finally:
+            for operation in list(operations.values()):
+                try:
+                    await self.stop_websocket_operation(websocket, operation)
+                except Exception as error:
+                    log.debug("stopping an operation: %s", error)
+            operations.clear()
+
+    async def handle_websocket_message(
+        self, websocket: WebSocket, message: dict[Any, Any], operations: dict[str, Operation]
+    ) -> None:
+        try:
+            await super().handle_websocket_message(websocket, message, operations)
+        except GraphQLError as error:  # a start without a query, variables not an object...
+            await websocket.send_json({"type": "error", "id": message.get("id"), "payload": {"message": str(error)}})
+
+
+def create_app(settings: EndpointSettings, bank: Bank | None = None) -> Starlette:
+    bank = bank or Bank(settings)
+    schema = build_schema()
+
+    def context(request: Any, _data: Any = None) -> dict[str, Any]:
+        return {"bank": bank, "request": request}
+
+    graphql = GraphQL(
+        schema,
+        context_value=context,
+        http_handler=GraphQLHTTPHandler(),
+        websocket_handler=LegacyWSHandler(settings.allowed_origins, keepalive=settings.keepalive_s or None),
+    )
+
+    async def health_live(_: Request) -> Response:
+        report = bank.health()
+        return JSONResponse(report, status_code=200 if report["live"] else 503)
+
+    async def health_ready(_: Request) -> Response:
+        report = bank.health()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    async def page(_: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        bank.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(bank.stop)
+            log.info("stopped")
+
+    own = tuple(f"http://{h}:{settings.port}" for h in ("localhost", "127.0.0.1", settings.host))
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql-ws", graphql),
+            WebSocketRoute("/graphql", graphql),
+            Route("/health/live", health_live),
+            Route("/health/ready", health_ready),
+            Route("/", page),
+            Route("/client", page),
+            Route("/employee", page),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins + own),
+                allow_methods=["GET", "POST"],
+                allow_headers=["content-type"],
+            )
+        ],
+        lifespan=lifespan,
+    )
