@@ -40,6 +40,16 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     return urlsplit(origin).netloc == host or origin.rstrip("/") in allowed
 
 
+class _ClosedSocket(logging.Filter):
+    """Ariadne logs an answer it could not send to a client that went away; that is no error of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "after sending 'websocket.close'" not in record.getMessage()
+
+
+logging.getLogger("ariadne").addFilter(_ClosedSocket())
+
+
 class LegacyWSHandler(GraphQLWSHandler):
     """Ariadne's subscriptions-transport-ws handler, as lenient as the reference's endpoint: an operation may
     start before ``connection_init`` (the reference's load generators never send one), and a browser from an
@@ -74,6 +84,12 @@ class LegacyWSHandler(GraphQLWSHandler):
                 except Exception as error:
                     log.debug("stopping an operation: %s", error)
             operations.clear()
+
+    async def observe_async_results(self, websocket: WebSocket, results: Any, operation_id: str) -> None:
+        try:
+            await super().observe_async_results(websocket, results, operation_id)
+        except (RuntimeError, WebSocketDisconnect, OSError):
+            await results.aclose()  # the client went away while an answer was on its way: nothing to tell it
 
     async def handle_websocket_message(
         self, websocket: WebSocket, message: dict[Any, Any], operations: dict[str, Operation]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -24,14 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve until SIGTERM/SIGINT (migrates its database first)")
     run.add_argument("--no-migrate", action="store_true", help="do not upgrade the database at start")
+    run.add_argument("--port", type=int, help="the port to listen on (instead of ENDPOINT_PORT)")
     migrate = commands.add_parser("migrate", help="upgrade the endpoint's database to the latest revision")
     migrate.add_argument("--create-db", action="store_true", help="create the role and database first (DB_ADMIN_URL)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("httpx", "httpx2", "httpcore", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    env = dict(os.environ)
+    if args.command == "run" and args.port:
+        env["ENDPOINT_PORT"] = str(args.port)
     try:
-        settings = load_endpoint_settings()
+        settings = load_endpoint_settings(env)
     except (ConfigError, EndpointConfigError) as err:
         print(f"open-bank-endpoint: {err}", file=sys.stderr)
         return 2
