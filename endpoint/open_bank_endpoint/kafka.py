@@ -191,7 +191,9 @@ class Answers:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = self.consumer.consume(500, timeout=0.1)
+            # consume() waits its whole timeout unless the batch fills: wait for one, then take what is there
+            first = self.consumer.poll(0.1)
+            messages = [] if first is None else [first, *self.consumer.consume(499, timeout=0)]
             events: list[Event] = []
             for msg in messages:
                 if msg.error() is not None:

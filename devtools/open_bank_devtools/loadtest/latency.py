@@ -108,6 +108,8 @@ class Row:
     broker_rss_mib: float | None = None
     postgres_cpu: float | None = None
     postgres_rss_mib: float | None = None
+    endpoint_cpu: float | None = None  # the GraphQL endpoint (the browser test)
+    endpoint_rss_mib: float | None = None
 
 
 COLUMNS = [f.name for f in fields(Row)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_NAME = re.compile(r"^(?P<name>.+?)-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}(?:-\d+)?$")
-COMPONENTS = ("handler", "broker", "postgres")
+COMPONENTS = ("handler", "broker", "postgres", "endpoint")
 
 
 @dataclass
@@ -134,6 +134,8 @@ HEADERS = [
     "broker MiB",
     "postgres CPU %",
     "postgres MiB",
+    "endpoint CPU %",
+    "endpoint MiB",
 ]
 
 
@@ -228,7 +230,9 @@ def write_report(results: Path, out: Path, mapping: dict[str, str] | None = None
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:1em 0}}</style></head>
 <body><h1>End-to-end latency of the command handler</h1>
 <p>Runs pooled by variant; one row per background load level. Latency is from sending a probe command until its
-BalanceChanged arrived (feedback p50: until the answer arrived); CPU in % of one core; memory is RSS.
+BalanceChanged arrived (feedback p50: until the answer arrived); in the browser variants, from the click in
+headless Chromium until the page showed the new transaction, with load/s the generators' most (4 transfers/s
+each); CPU in % of one core; memory is RSS.
 Source files: {html.escape(str(results))}.</p>
 {"".join(f'<img src="{p.name}" alt="{p.stem}">' for p in images)}
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)}</tr>
