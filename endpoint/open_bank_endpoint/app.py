@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,6 +59,7 @@ class LegacyWSHandler(GraphQLWSHandler):
     def __init__(self, allowed_origins: tuple[str, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.allowed_origins = allowed_origins
+        self._observers: dict[int, asyncio.Task[Any]] = {}  # id of an operation's results -> the task sending them
 
     async def handle_websocket(self, websocket: WebSocket) -> None:
         if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), self.allowed_origins):
@@ -86,10 +88,26 @@ class LegacyWSHandler(GraphQLWSHandler):
             operations.clear()
 
     async def observe_async_results(self, websocket: WebSocket, results: Any, operation_id: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._observers[id(results)] = task
         try:
             await super().observe_async_results(websocket, results, operation_id)
         except (RuntimeError, WebSocketDisconnect, OSError):
             await results.aclose()  # the client went away while an answer was on its way: nothing to tell it
+        finally:
+            self._observers.pop(id(results), None)
+
+    async def stop_websocket_operation(self, websocket: WebSocket, operation: Operation) -> None:
+        # Ariadne closes the operation's generator, which fails while the generator waits for its next item (a
+        # stream between two transactions): the task that sends its results is cancelled instead
+        task = self._observers.pop(id(operation.generator), None)
+        if task is None or task.done():
+            await super().stop_websocket_operation(websocket, operation)
+            return
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
     async def handle_websocket_message(
         self, websocket: WebSocket, message: dict[Any, Any], operations: dict[str, Operation]

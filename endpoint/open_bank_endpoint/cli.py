@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(__name__).info(
         "serving the bank at http://%s:%d/ (GraphQL: /graphql, /graphql-ws)", settings.host, settings.port
     )
-    # uvicorn stops on SIGTERM and SIGINT: open WebSockets are closed, then the lifespan stops the bank
+    # uvicorn stops on SIGTERM and SIGINT: open WebSockets are closed, then the lifespan stops the bank. It then
+    # raises the signal again for the handler it found: a no-op one, so that a clean stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(
         app,
         host=settings.host,
