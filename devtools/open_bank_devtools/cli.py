@@ -167,6 +167,28 @@ def add_browser_latency(sub: Subparsers, formatter: Formatter) -> None:
     p.set_defaults(func=cmd_browser_latency)
 
 
+def cmd_endpoint_probe(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import os
+
+    from open_bank_devtools.loadtest.endpoint_probe import run
+
+    url = (args.url or os.environ.get("ENDPOINT_URL") or "http://127.0.0.1:8888/").rstrip("/")
+    print(json.dumps(run(url.replace("http", "ws", 1) + "/graphql-ws", args.seconds)))
+    return 0
+
+
+def add_endpoint_probe(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "endpoint-probe",
+        help="deposits through the GraphQL endpoint: p50 until the streamed row (run beside `latency`)",
+        formatter_class=formatter,
+    )
+    p.add_argument("--url", help="the endpoint (default: ENDPOINT_URL, else http://127.0.0.1:8888/)")
+    p.add_argument("--seconds", type=float, default=60, help="how long to probe (default 60)")
+    p.set_defaults(func=cmd_endpoint_probe)
+
+
 # -- report -----------------------------------------------------------------------------------
 
 

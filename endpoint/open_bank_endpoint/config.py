@@ -23,6 +23,7 @@ VARIABLES = {
     "ENDPOINT_DB_USER": ("clojure_ge", "its role (password: DB_PASSWORD)"),
     "ENDPOINT_CLIENT_ID": ("graphql-endpoint", "Kafka client id of its producer and consumer"),
     "ENDPOINT_GROUP_ID": ("graphql-endpoint", "consumer group of its feedback and balance_changed consumer"),
+    "ENDPOINT_LINGER_MS": ("0", "linger.ms of its producer of commands (a person waits for each one)"),
     "ENDPOINT_ANSWER_TIMEOUT_S": ("30", "how long get_account and money_transfer wait for the handler's answer"),
     "ENDPOINT_PBKDF2_ITERATIONS": (str(DEFAULT_ITERATIONS), "PBKDF2-HMAC-SHA256 iterations of new passwords"),
     "ENDPOINT_ALLOWED_ORIGINS": (
@@ -52,6 +53,7 @@ class EndpointSettings:
     pbkdf2_iterations: int
     allowed_origins: tuple[str, ...]
     keepalive_s: float
+    linger_ms: int
 
 
 def _number(env: Mapping[str, str], name: str, low: int, high: int, errors: list[str]) -> int:
@@ -71,6 +73,7 @@ def load_endpoint_settings(env: Mapping[str, str] | None = None) -> EndpointSett
     timeout = _number(env, "ENDPOINT_ANSWER_TIMEOUT_S", 1, 3600, errors)
     iterations = _number(env, "ENDPOINT_PBKDF2_ITERATIONS", 1000, 10_000_000, errors)
     keepalive = _number(env, "ENDPOINT_KEEPALIVE_S", 0, 3600, errors)
+    linger = _number(env, "ENDPOINT_LINGER_MS", 0, 60_000, errors)
     for name in ("ENDPOINT_HOST", "ENDPOINT_DB_NAME", "ENDPOINT_DB_USER", "ENDPOINT_CLIENT_ID", "ENDPOINT_GROUP_ID"):
         if not value[name]:
             errors.append(f"{name} must not be empty")
@@ -88,6 +91,7 @@ def load_endpoint_settings(env: Mapping[str, str] | None = None) -> EndpointSett
         pbkdf2_iterations=iterations,
         allowed_origins=REFERENCE_ORIGINS + extra,
         keepalive_s=float(keepalive),
+        linger_ms=linger,
     )
 
 

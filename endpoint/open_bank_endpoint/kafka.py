@@ -66,7 +66,7 @@ class Commands:
                 "client.id": settings.client_id,
                 "acks": "all",
                 "enable.idempotence": True,
-                "linger.ms": kafka.linger_ms,
+                "linger.ms": settings.linger_ms,
             }
         )
         self._stop = threading.Event()

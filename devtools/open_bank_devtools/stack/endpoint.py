@@ -90,7 +90,7 @@ def status(stack: LocalStack) -> str:
         return "endpoint: off (STACK_ENDPOINT_PORT=0)"
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1):
-            return f"endpoint: ready at {url(port)}"
+            return f"endpoint: ready, answering at {url(port)}"
     except urllib.error.HTTPError as err:
         return f"endpoint: answering at {url(port)}, not ready: {err.read().decode(errors='replace')[:200]}"
     except OSError:
