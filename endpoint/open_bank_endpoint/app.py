@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from ariadne.asgi import GraphQL
 from ariadne.asgi.handlers import GraphQLHTTPHandler, GraphQLWSHandler
 from ariadne.types import Operation
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -32,6 +33,35 @@ from open_bank_endpoint.schema import build_schema
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 SUBPROTOCOL = "graphql-ws"
+
+
+@lru_cache(maxsize=1024)
+def _parse(query: str) -> DocumentNode:
+    return parse(query)
+
+
+def cached_parser(_context: Any, data: dict[str, Any]) -> DocumentNode:
+    """Parse a query once: clients send the same few documents over and over (a document that does not parse
+    is not cached, and raises as before)."""
+    return _parse(data["query"])
+
+
+_validated: dict[tuple[int, Any], tuple[DocumentNode, list[GraphQLError]]] = {}
+
+
+def cached_validator(
+    schema: GraphQLSchema, document_ast: DocumentNode, rules: Any = None, max_errors: int | None = None, **kw: Any
+) -> list[GraphQLError]:
+    """Validate a parsed document once (the cached parser gives the same document for the same text)."""
+    key = (id(document_ast), rules if rules is None or isinstance(rules, tuple) else id(rules))
+    found = _validated.get(key)
+    if found is not None and found[0] is document_ast:
+        return found[1]
+    errors = validate(schema, document_ast, rules, max_errors, **kw)
+    if len(_validated) > 2048:
+        _validated.clear()
+    _validated[key] = (document_ast, errors)
+    return errors
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -128,6 +158,8 @@ def create_app(settings: EndpointSettings, bank: Bank | None = None) -> Starlett
     graphql = GraphQL(
         schema,
         context_value=context,
+        query_parser=cached_parser,
+        query_validator=cached_validator,  # type: ignore[arg-type]  # the same call, a narrower declared signature
         http_handler=GraphQLHTTPHandler(),
         websocket_handler=LegacyWSHandler(settings.allowed_origins, keepalive=settings.keepalive_s or None),
     )
