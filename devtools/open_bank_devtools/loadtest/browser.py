@@ -9,7 +9,8 @@ generators, one more every ``batch_cycle`` loops, each a WebSocket client of the
 reference's do: open two accounts, then transfer back and forth at most every 250 ms, with an invalid token
 or too large an amount now and then, checking the answers' reasons. Rows go to the same CSV as the
 Kafka-level test (``load_target`` is the generators' most, 4 transfers/s each; ``balance_ms`` is
-click-to-visible), with the CPU and memory of the handler, endpoint, broker and PostgreSQL.
+click-to-visible as the reference measures it, ``in_page_ms`` the same inside the page, without WebDriver's
+own time), with the CPU and memory of the handler, endpoint, broker and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ NEWEST_AMOUNT = "#transactions div:nth-child(1) div div:nth-child(1) p:nth-child
 NEWEST = """const box = document.querySelector('#transactions > div');
 const amount = document.querySelector(arguments[0]);
 return [box ? box.id : null, amount ? amount.textContent : null];"""
+# in the page: when the last click happened and when each newest row appeared (performance.now(), ms)
+WATCH = """window.__rows = {}; window.__click = null;
+document.addEventListener('click', (e) => { window.__click = performance.now(); }, true);
+new MutationObserver(() => {
+  const box = document.querySelector('#transactions > div');
+  if (box && !(box.id in window.__rows)) window.__rows[box.id] = performance.now();
+}).observe(document.getElementById('transactions'), {childList: true});"""
+IN_PAGE = (
+    "return (arguments[0] in window.__rows && window.__click) ? window.__rows[arguments[0]] - window.__click : null;"
+)
 GENERATOR_PERIOD_S = 0.25  # a generator's transfers start at most this often (the reference's)
 TRANSFER = (
     "subscription ($amount: Int! $uuid: String! $username: String! $to: String! $token: String! $from: String! "
@@ -253,6 +264,7 @@ class BankPage:
         d.find_element(By.CSS_SELECTOR, "#login-form div:nth-child(2) input").send_keys(password)
         d.find_element(By.CSS_SELECTOR, "#login-form div:nth-child(3) a").click()
         WebDriverWait(d, timeout_s).until(expected_conditions.visibility_of_element_located(("id", "deposit-1000")))
+        d.execute_script(WATCH)
 
     def newest(self) -> tuple[str | None, str | None]:
         box, amount = self.driver.execute_script(NEWEST, NEWEST_AMOUNT)
@@ -279,17 +291,20 @@ class BankPage:
         button.click()
         return what, shown, clicked
 
-    def measure(self, step: int, timeout_s: float, poll_s: float) -> tuple[str, float | None]:
-        """Click-to-visible of step ``step`` in ms (the newest row is a new one, with the amount), or None after
-        ``timeout_s``."""
+    def measure(self, step: int, timeout_s: float, poll_s: float) -> tuple[str, float | None, float | None]:
+        """Step ``step``: (what, click-to-visible in ms as the reference measures it: from the WebDriver click until
+        a poll sees the new newest row with the amount, or None after ``timeout_s``; and the same inside the page:
+        from the click event until the row was inserted, without WebDriver's own time)."""
         before, _ = self.newest()
         what, shown, start = self.act(step)
         while time.monotonic() - start < timeout_s:
             box, amount = self.newest()
             if box is not None and box != before and amount == shown:
-                return what, (time.monotonic() - start) * 1000
+                seen = (time.monotonic() - start) * 1000
+                in_page = self.driver.execute_script(IN_PAGE, box)
+                return what, seen, None if in_page is None else float(in_page)
             time.sleep(poll_s)
-        return what, None
+        return what, None, None
 
 
 # -- the test --------------------------------------------------------------------------------------------
@@ -326,7 +341,7 @@ class BrowserLatencyTest:
                     while generators.count < c.generators_at(loop):
                         generators.add()
                     loop_start = time.monotonic()
-                    what, ms = page.measure((loop - 1) % 10, c.max_interaction_ms / 1000, c.poll_ms / 1000)
+                    what, ms, in_page_ms = page.measure((loop - 1) % 10, c.max_interaction_ms / 1000, c.poll_ms / 1000)
                     timed_out = ms is None
                     time_outs += timed_out
                     remaining = c.interval_ms / 1000 - (time.monotonic() - loop_start)
@@ -346,6 +361,7 @@ class BrowserLatencyTest:
                         load_offered=(sent - last_sent) / elapsed,
                         load_answered=(answered - last_answered) / elapsed,
                         reason_mismatches=generators.mismatches,
+                        in_page_ms=in_page_ms,
                     )
                     last_sent, last_answered, last_at = sent, answered, now
                     if loop % c.measure_every == 0:

@@ -110,6 +110,7 @@ class Row:
     postgres_rss_mib: float | None = None
     endpoint_cpu: float | None = None  # the GraphQL endpoint (the browser test)
     endpoint_rss_mib: float | None = None
+    in_page_ms: float | None = None  # the browser test: click event to row inserted, inside the page
 
 
 COLUMNS = [f.name for f in fields(Row)]

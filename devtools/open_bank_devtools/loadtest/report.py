@@ -36,6 +36,7 @@ class Level:
     p95_ms: float
     p99_ms: float
     feedback_p50_ms: float
+    in_page_p50_ms: float
     answered_per_s: float
     cpu: dict[str, float | None]
     rss_mib: dict[str, float | None]
@@ -83,6 +84,7 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
     for (variant, load), group in sorted(rows.items()):
         latencies = [v for r in group if (v := _float(r["balance_ms"])) is not None]
         feedback = [v for r in group if (v := _float(r["feedback_ms"])) is not None]
+        in_page = [v for r in group if (v := _float(r.get("in_page_ms", ""))) is not None]
         if not latencies:
             continue
         stdev = statistics.stdev(latencies) if len(latencies) > 1 else 0.0
@@ -103,6 +105,7 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
                 p95_ms=percentile(latencies, 95),
                 p99_ms=percentile(latencies, 99),
                 feedback_p50_ms=percentile(feedback, 50) if feedback else float("nan"),
+                in_page_p50_ms=percentile(in_page, 50) if in_page else float("nan"),
                 answered_per_s=statistics.fmean(float(r["load_answered"]) for r in group),
                 cpu=cpu,
                 rss_mib=rss,
@@ -128,6 +131,7 @@ HEADERS = [
     "p95 ms",
     "p99 ms",
     "feedback p50 ms",
+    "in-page p50 ms",
     "handler CPU %",
     "handler MiB",
     "broker CPU %",
@@ -154,6 +158,7 @@ def table_rows(levels: list[Level]) -> list[list[str]]:
             _cell(lv.p95_ms),
             _cell(lv.p99_ms),
             _cell(lv.feedback_p50_ms),
+            _cell(lv.in_page_p50_ms),
             *(x for c in COMPONENTS for x in (_cell(lv.cpu[c]), _cell(lv.rss_mib[c]))),
         ]
         for lv in levels

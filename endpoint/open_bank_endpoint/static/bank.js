@@ -385,3 +385,9 @@ $("logout-button").addEventListener("click", (e) => { e.preventDefault(); logout
 $("refresh-accounts").addEventListener("click", (e) => { e.preventDefault(); loadAccounts(); });
 
 showView(VIEWS[location.pathname] || "home");
+
+// the page's buttons are links without an address (as the reference's): Enter and Space press them too
+document.addEventListener("keydown", (e) => {
+  const button = e.target.closest && e.target.closest('[role="button"]');
+  if (button && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); button.click(); }
+});
