@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from open_bank_endpoint.store import Change
 log = logging.getLogger(__name__)
 
 COMMANDS = ("ConfirmAccountCreation", "ConfirmMoneyTransfer")
+COMMIT_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ class Answers:
         return TransferAnswer(command_id, value.get("reason"))
 
     def _run(self) -> None:
+        committed_at = time.monotonic()
+        uncommitted = False
         while not self._stop.is_set():
             # consume() waits its whole timeout unless the batch fills: wait for one, then take what is there
             first = self.consumer.poll(0.1)
@@ -209,6 +213,8 @@ class Answers:
                 if event is not None:
                     events.append(event)
             if not events and not messages:
+                if uncommitted and time.monotonic() - committed_at >= COMMIT_EVERY_S:
+                    committed_at, uncommitted = self._commit(), False
                 continue
             while not self._stop.is_set():
                 try:
@@ -219,13 +225,23 @@ class Answers:
                     self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
                     log.warning("could not store %d events, retrying in 1 s: %s", len(events), self.failure)
                     self._stop.wait(1)
-            if messages:
-                try:
-                    self.consumer.commit(asynchronous=True)
-                except KafkaException as err:
-                    log.warning("commit: %s", err)
+            uncommitted = uncommitted or bool(messages)
+            if uncommitted and time.monotonic() - committed_at >= COMMIT_EVERY_S:
+                committed_at, uncommitted = self._commit(), False
+
+    def _commit(self) -> float:
+        """Commit the positions of what was handled (at most every COMMIT_EVERY_S, not once per batch)."""
+        try:
+            self.consumer.commit(asynchronous=True)
+        except KafkaException as err:
+            log.warning("commit: %s", err)
+        return time.monotonic()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+        try:
+            self.consumer.commit(asynchronous=False)  # the positions of what was handled
+        except KafkaException as err:  # nothing consumed since the last commit
+            log.debug("last commit: %s", err)
         self.consumer.close()
