@@ -7,6 +7,11 @@
 # results/), handler logs in $RESULTS_DIR/logs, and at the end the report of all
 # runs there in $RESULTS_DIR/report. Run scripts/prepare.sh once first.
 #
+# A CONFIG whose name starts with "browser" (browser-reference, browser-ci) runs
+# the browser test instead: headless Chromium on the GraphQL endpoint's page,
+# with load generators over its WebSocket (run scripts/setup.sh bench or test
+# first for Chromium).
+#
 # BROKER=kafka|tansu chooses the broker (default kafka). It uses a stack of its
 # own (ports 9192/9193/8181/5542, database balancedb_latency), so a
 # development stack on the default ports is left alone. LATENCY_NAME names the
@@ -49,10 +54,20 @@ for run in $(seq 1 "$runs"); do
     kill -0 "$handler" 2>/dev/null || { echo "loop: handler exited, see $log" >&2; exit 1; }
     sleep 0.1
   done
-  if ! "$ch" latency --config "$config" --results "$results" --name "$name" \
-      --handler-pid "$handler"; then
-    failed=1
-  fi
+  case "$(basename "$config")" in
+    browser*)
+      # the endpoint answers once the topics and subjects exist (the sync above)
+      for _ in $(seq 1 600); do
+        curl -sf "${ENDPOINT_URL}health/ready" >/dev/null && break
+        sleep 0.1
+      done
+      "$ch" browser-latency --config "$config" --results "$results" --name "$name" --handler-pid "$handler" \
+        || failed=1
+      ;;
+    *)
+      "$ch" latency --config "$config" --results "$results" --name "$name" --handler-pid "$handler" || failed=1
+      ;;
+  esac
   kill -TERM "$handler"
   wait "$handler" || { echo "loop: handler did not stop cleanly, see $log" >&2; failed=1; }
   handler=""

@@ -3,13 +3,15 @@
 # the Debian packages the local stack needs (PostgreSQL's binaries for a cluster
 # of the stack's own, a JDK and Maven for Apache Kafka and Apicurio Registry,
 # acl, and for the tests openssl and stunnel4), then a virtual environment in
-# .venv with the product (open-bank-command-handler, editable) and the
-# development tools beside it (devtools/: open-bank-devtools), and for `test`
-# the checkers and pytest. Apicurio Registry (the stack's Schema Registry) needs
-# Java 21 or newer, which Debian 12 does not package: machines of this kind
-# carry Temurin 25 in /usr/lib/jvm/temurin-25-jdk-amd64; without one this
-# script stops with a message saying so. It starts no service: `command-handler
-# stack up` does (and fetches Kafka's jars and Apicurio Registry once).
+# .venv with the product (open-bank-command-handler, editable), the development
+# tools beside it (devtools/: open-bank-devtools) and the GraphQL endpoint with
+# the bank's page (endpoint/: open-bank-endpoint), and for `test` the checkers
+# and pytest, and headless Chromium with its driver for the browser tests.
+# Apicurio Registry (the stack's Schema Registry) needs Java 21 or newer, which
+# Debian 12 does not package: machines of this kind carry Temurin 25 in
+# /usr/lib/jvm/temurin-25-jdk-amd64; without one this script stops with a
+# message saying so. It starts no service: `command-handler stack up` does (and
+# fetches Kafka's jars and Apicurio Registry once).
 # Usage: scripts/setup.sh [local|bench|test]   (default: test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,11 @@ if [ "$extras" = "test" ]; then
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)
   command -v stunnel4 >/dev/null 2>&1 || packages+=(stunnel4)
 fi
+if [ "$extras" = "test" ] || [ "$extras" = "bench" ]; then
+  # the browser tests and the browser latency test: headless Chromium and its driver, from Debian
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup: installing from Debian's packages: ${packages[*]}"
   apt-get update -qq
@@ -39,12 +46,13 @@ fi
 product="."
 [ "$extras" = "test" ] && product=".[dev]"
 stamp=".venv/.installed-$extras"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ] \
+    || [ endpoint/pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the product and the development tools ($extras)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools -e ./endpoint 2>&1 \
     | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import command_handler, open_bank_devtools, confluent_kafka, sqlalchemy, alembic"
+  .venv/bin/python -c "import command_handler, open_bank_devtools, open_bank_endpoint, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi
 

@@ -119,6 +119,80 @@ def add_latency(sub: Subparsers, formatter: Formatter) -> None:
     p.set_defaults(func=cmd_latency)
 
 
+def cmd_browser_latency(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import os
+    from dataclasses import replace
+    from pathlib import Path
+
+    from open_bank_devtools.loadtest.browser import BrowserConfig, BrowserLatencyTest
+    from open_bank_devtools.loadtest.resources import ResourceSampler, pids_of, postgres_pids, process_tree
+    from open_bank_devtools.stack.local_stack import StackConfig, stack_pid
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = BrowserConfig.load(args.config)
+        if args.name:
+            config = replace(config, name=args.name)
+    except (ValueError, TypeError) as err:
+        print(f"command-handler browser-latency: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    stack = StackConfig.from_env()
+    url = args.url or os.environ.get("ENDPOINT_URL") or f"http://127.0.0.1:{stack.endpoint_port or 8888}/"
+    cluster = stack.cluster()
+    postgres = process_tree(cluster.pid) if stack.own_postgres and cluster.initialized else postgres_pids
+    sampler = ResourceSampler(
+        {
+            "handler": pids_of(args.handler_pid),
+            "endpoint": pids_of(args.endpoint_pid or stack_pid(stack, "endpoint")),
+            "broker": pids_of(args.broker_pid or stack_pid(stack, "broker")),
+            "postgres": postgres,
+        }
+    )
+    path, loops = BrowserLatencyTest(url, config, Path(args.results), sampler).run()
+    ok = loops >= config.min_loops
+    print(f"{path}: {loops} loops ({'met' if ok else 'did not meet'} the criterion of {config.min_loops})")
+    return 0 if ok else EXIT_FAILURE
+
+
+def add_browser_latency(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "browser-latency",
+        help="the reference's latency test in headless Chromium, against the endpoint's page (see scripts/loop.sh)",
+        formatter_class=formatter,
+    )
+    p.add_argument("--config", default="browser-reference", help="preset (browser-reference, browser-ci) or TOML")
+    p.add_argument("--url", help="the bank's page (default: ENDPOINT_URL, else the local stack's endpoint)")
+    p.add_argument("--results", default="results", help="folder of the results files (default: results)")
+    p.add_argument("--name", help="name of the results file (the variant), instead of the config's")
+    p.add_argument("--handler-pid", type=int, help="PID of the handler, to sample its CPU and memory")
+    p.add_argument("--endpoint-pid", type=int, help="PID of the endpoint (default: the local stack's)")
+    p.add_argument("--broker-pid", type=int, help="PID of the broker (default: the local stack's)")
+    p.set_defaults(func=cmd_browser_latency)
+
+
+def cmd_endpoint_probe(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import os
+
+    from open_bank_devtools.loadtest.endpoint_probe import run
+
+    url = (args.url or os.environ.get("ENDPOINT_URL") or "http://127.0.0.1:8888/").rstrip("/")
+    print(json.dumps(run(url.replace("http", "ws", 1) + "/graphql-ws", args.seconds)))
+    return 0
+
+
+def add_endpoint_probe(sub: Subparsers, formatter: Formatter) -> None:
+    p = sub.add_parser(
+        "endpoint-probe",
+        help="deposits through the GraphQL endpoint: p50 until the streamed row (run beside `latency`)",
+        formatter_class=formatter,
+    )
+    p.add_argument("--url", help="the endpoint (default: ENDPOINT_URL, else http://127.0.0.1:8888/)")
+    p.add_argument("--seconds", type=float, default=60, help="how long to probe (default 60)")
+    p.set_defaults(func=cmd_endpoint_probe)
+
+
 # -- report -----------------------------------------------------------------------------------
 
 

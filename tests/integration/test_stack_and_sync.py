@@ -81,6 +81,7 @@ def own_stack(services: Services) -> Iterator[dict[str, str]]:
         "STACK_REGISTRY_PORT": str(free_port()),
         "STACK_REGISTRY_HEALTH_PORT": str(free_port()),
         "STACK_DB_PORT": str(free_port()),
+        "STACK_ENDPOINT_PORT": str(free_port()),
         "STACK_POSTGRES": "own" if services.stack.cluster is not None else "external",
         "STACK_REGISTRY_DB": "schema_registry_own_stack",
     }
@@ -90,6 +91,7 @@ def own_stack(services: Services) -> Iterator[dict[str, str]]:
     assert up.returncode == 0, up.stdout + up.stderr
     assert "local stack is up" in up.stdout
     assert "postgres://" not in up.stdout, "the admin URL's password is not printed"
+    assert f"the bank's page at http://127.0.0.1:{env['STACK_ENDPOINT_PORT']}/" in up.stdout
     env.update(read_env_file(directory / "env"))
     assert env["KAFKA_BROKERS"] == f"127.0.0.1:{env['STACK_BROKER_PORT']}"
     assert env["SCHEMA_REGISTRY_URL"] == f"http://127.0.0.1:{env['STACK_REGISTRY_PORT']}/apis/ccompat/v7"
@@ -146,9 +148,10 @@ def test_stack_up_twice_is_safe_and_status_reports_running(own_stack: dict[str, 
     assert f"broker: {own_stack['STACK_BROKER']} already running" in again.stdout
     assert "registry: apicurio already running" in again.stdout
     assert "postgres: already running" in again.stdout
+    assert "endpoint: graphql-endpoint already running" in again.stdout
     status = cli(own_stack, "stack", "status")
     assert status.returncode == 0
-    assert status.stdout.count("answering") == 2
+    assert status.stdout.count("answering") == 3
     assert f"broker: {own_stack['STACK_BROKER']} running" in status.stdout
     pid = (Path(own_stack["STACK_DIR"]) / "registry.pid").read_text().strip()
     assert f"registry: Apicurio Registry running (pid {pid})" in status.stdout

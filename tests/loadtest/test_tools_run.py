@@ -32,6 +32,7 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
         "LATENCY_REGISTRY_PORT": str(free_port()),
         "LATENCY_DB_PORT": str(free_port()),
         "LATENCY_HEALTH_PORT": str(free_port()),
+        "LATENCY_ENDPOINT_PORT": str(free_port()),
         "BROKER": TEST_BROKER,
     }
     run = subprocess.run(["scripts/loop.sh", "1", "ci"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

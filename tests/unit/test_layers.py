@@ -27,6 +27,11 @@ def test_no_module_of_the_product_imports_the_tools() -> None:
     assert offenders == set()
 
 
+def test_no_module_of_the_product_imports_the_endpoint() -> None:
+    offenders = {m for m, names in modules(PRODUCT).items() if any(n.startswith("open_bank_endpoint") for n in names)}
+    assert offenders == set()
+
+
 def test_bootstrap_imports_no_entrypoint() -> None:
     assert not any(n.startswith("command_handler.entrypoints") for n in imports_of(PRODUCT / "bootstrap.py"))
 

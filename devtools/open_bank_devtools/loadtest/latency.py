@@ -116,6 +116,9 @@ class Row:
     # assignment, waiting for a dependency, stopped, no answer); empty when it has no health endpoint
     handler_ready: int | None = None
     handler_state: str | None = None
+    endpoint_cpu: float | None = None  # the GraphQL endpoint (the browser test)
+    endpoint_rss_mib: float | None = None
+    in_page_ms: float | None = None  # the browser test: click event to row inserted, inside the page
 
 
 COLUMNS = [f.name for f in fields(Row)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_NAME = re.compile(r"^(?P<name>.+?)-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}(?:-\d+)?$")
-COMPONENTS = ("handler", "broker", "postgres")
+COMPONENTS = ("handler", "broker", "postgres", "endpoint")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Level:
     p95_ms: float
     p99_ms: float
     feedback_p50_ms: float
+    in_page_p50_ms: float
     answered_per_s: float
     cpu: dict[str, float | None]
     rss_mib: dict[str, float | None]
@@ -86,6 +87,7 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
         feedback = [v for r in group if (v := _float(r["feedback_ms"])) is not None]
         # a level where every probe timed out is kept (its latencies empty): it is what ended the run
         nan = float("nan")
+        in_page = [v for r in group if (v := _float(r.get("in_page_ms", ""))) is not None]
         stdev = statistics.stdev(latencies) if len(latencies) > 1 else 0.0
         cpu, rss = {}, {}
         for c in COMPONENTS:
@@ -105,6 +107,7 @@ def summarize(results: Path, mapping: dict[str, str] | None = None) -> list[Leve
                 p95_ms=percentile(latencies, 95) if latencies else nan,
                 p99_ms=percentile(latencies, 99) if latencies else nan,
                 feedback_p50_ms=percentile(feedback, 50) if feedback else float("nan"),
+                in_page_p50_ms=percentile(in_page, 50) if in_page else float("nan"),
                 answered_per_s=statistics.fmean(float(r["load_answered"]) for r in group),
                 cpu=cpu,
                 rss_mib=rss,
@@ -131,12 +134,15 @@ HEADERS = [
     "p95 ms",
     "p99 ms",
     "feedback p50 ms",
+    "in-page p50 ms",
     "handler CPU %",
     "handler MiB",
     "broker CPU %",
     "broker MiB",
     "postgres CPU %",
     "postgres MiB",
+    "endpoint CPU %",
+    "endpoint MiB",
 ]
 
 
@@ -156,6 +162,7 @@ def table_rows(levels: list[Level]) -> list[list[str]]:
             _cell(lv.p95_ms),
             _cell(lv.p99_ms),
             _cell(lv.feedback_p50_ms),
+            _cell(lv.in_page_p50_ms),
             *(x for c in COMPONENTS for x in (_cell(lv.cpu[c]), _cell(lv.rss_mib[c]))),
         ]
         for lv in levels
@@ -294,7 +301,9 @@ def write_report(results: Path, out: Path, mapping: dict[str, str] | None = None
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}img{{max-width:100%;margin:1em 0}}</style></head>
 <body><h1>End-to-end latency of the command handler</h1>
 <p>Runs pooled by variant; one row per background load level. Latency is from sending a probe command until its
-BalanceChanged arrived (feedback p50: until the answer arrived); CPU in % of one core; memory is RSS.
+BalanceChanged arrived (feedback p50: until the answer arrived); in the browser variants, from the click in
+headless Chromium until the page showed the new transaction, with load/s the generators' most (4 transfers/s
+each); CPU in % of one core; memory is RSS.
 Time-outs and loops that ended with the handler not ready (its /health/ready: no partitions assigned,
 waiting for a dependency, no answer) are counted in the table and marked on the charts.
 Source files: {html.escape(str(results))}.</p>

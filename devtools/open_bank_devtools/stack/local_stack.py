@@ -33,6 +33,7 @@ from command_handler.config import DatabaseSettings, KafkaSettings, Settings
 from command_handler.errors import OperatorError
 from command_handler.retry import NotReady, retry
 from open_bank_devtools.stack.apicurio import CCOMPAT_PATH, ApicurioNode
+from open_bank_devtools.stack import endpoint
 from open_bank_devtools.stack.kafka import KafkaNode, TlsListener
 from open_bank_devtools.stack.postgres import Cluster
 from open_bank_devtools.stack.variables import (
@@ -61,6 +62,7 @@ class StackConfig:
     tls_dir: Path | None = None
     broker_tls_port: int = PORTS["STACK_BROKER_TLS_PORT"]
     registry_health_port: int = PORTS["STACK_REGISTRY_HEALTH_PORT"]
+    endpoint_port: int | None = None  # the GraphQL endpoint and the bank's page (from_env: 8888)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -86,9 +88,11 @@ class StackConfig:
             missing = [n for n in ("ca.pem", "server.pem", "server.key") if not (tls_dir / n).is_file()]
             if missing:
                 errors.append(f"STACK_TLS_DIR={str(tls_dir)!r} lacks {', '.join(missing)}")
+        endpoint_port = endpoint.port_from_env(env, errors)
         if errors:
             raise StackError("invalid configuration: " + "; ".join(errors))
         return cls(
+            endpoint_port=endpoint_port,
             directory=Path(env.get("STACK_DIR", str(default_dir))),
             broker=broker,
             broker_port=ports["STACK_BROKER_PORT"],
@@ -133,6 +137,7 @@ class Service:
     ports: tuple[int, ...]
     command: Callable[[], list[str]]  # evaluated only when the service is started
     marker: str  # a string in the process's command line, to never signal a stranger's PID
+    env: Mapping[str, str] | None = None  # its environment, when not that of `stack up`
 
 
 def _port_open(port: int, host: str = HOST) -> bool:
@@ -268,6 +273,7 @@ class LocalStack:
             # Apicurio is ready a few seconds after its start on a quiet machine, up to a minute on a busy one
             self.wait_for_registry(max(timeout_s, 120), spawned)
             self.out(f"registry: Apicurio Registry answering at {self.config.registry_url}")
+            endpoint.up(self, lambda s: started.extend([(s, p)] if (p := self._start(s)) else []), timeout_s, fresh)
         except (OperatorError, NotReady) as exc:
             self._stop_started(started)  # leave nothing half-started behind
             if isinstance(exc, StackError):
@@ -302,7 +308,7 @@ class LocalStack:
             # fetch.wait.max.ms: both are set low for it (Apache Kafka needs neither).
             env["KAFKA_SESSION_TIMEOUT_MS"] = "6000"
             env["KAFKA_FETCH_WAIT_MAX_MS"] = "10"
-        return env
+        return env | endpoint.environment(self)
 
     def _stack_kafka_settings(self) -> KafkaSettings:
         return replace(
@@ -397,6 +403,7 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=self.config.directory,
+                env=service.env,
             )
         # /proc shows the new command line only a moment after the spawn: wait for it, so that
         # the PID file is never taken for a stranger's by `down` or `status`
@@ -441,8 +448,8 @@ class LocalStack:
 
     def down(self, timeout_s: float = 30) -> None:
         """Stop the registry, the broker (whichever kind runs) and the stack's own PostgreSQL."""
-        candidates = [self.services()[1], *self.broker_services().values()]
-        for name in ("registry", "broker"):
+        candidates = [self.services()[1], *self.broker_services().values(), *filter(None, [endpoint.service(self)])]
+        for name in ("endpoint", "registry", "broker"):
             running = [(s, pid) for s in candidates if s.name == name and (pid := self._running_pid(s)) is not None]
             if not running:
                 self.out(f"{name}: not running")
@@ -493,6 +500,7 @@ class LocalStack:
         healthy &= db_up
         owner = f"own cluster (pid {self.cluster.pid()})" if self.cluster is not None else "external"
         self.out(f"postgres: {owner}, {db.host}:{db.port} {'answering' if db_up else 'closed'}")
+        self.out(endpoint.status(self))
         return healthy
 
 

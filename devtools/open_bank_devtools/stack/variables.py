@@ -31,6 +31,7 @@ STACK_VARIABLES = (
     ),
     ("STACK_POSTGRES", "own (a cluster in STACK_DIR) or external (the DB_* server) [own]"),
     ("STACK_DB_PORT", "port of the stack's own PostgreSQL, loopback only [5442]"),
+    ("STACK_ENDPOINT_PORT", "the GraphQL endpoint and the bank's page, loopback only; 0: none [8888]"),
     ("STACK_REGISTRY_DB", "database of the registry's state (Apicurio's SQL storage) [schema_registry]"),
     ("OPEN_BANK_CACHE", "where Kafka's jars and Apicurio Registry are cached [~/.cache/open-bank]"),
 )

@@ -1,0 +1,3 @@
+from open_bank_endpoint.cli import main
+
+raise SystemExit(main())

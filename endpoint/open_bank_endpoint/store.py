@@ -1,0 +1,130 @@
+"""The endpoint's database: the transaction list and the accounts (username, password hash, command uuid)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, text
+
+from command_handler.config import DatabaseSettings
+from open_bank_endpoint.money import euro
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+COLUMNS = "id, iban, new_balance, changed_by, from_to, direction, descr"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A BalanceChanged as the endpoint stores and streams it."""
+
+    iban: str
+    new_balance: int
+    changed_by: int
+    from_to: str
+    description: str
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "iban": self.iban,
+            "new_balance": euro(self.new_balance),
+            "changed_by": euro(abs(self.changed_by)),
+            "from_to": self.from_to,
+            "direction": "DEBIT" if self.changed_by < 0 else "CREDIT",
+            "descr": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    password: str
+    uuid: uuid.UUID
+
+
+def upgrade(db: DatabaseSettings) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", db.url().replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def make_engine(db: DatabaseSettings) -> Engine:
+    return create_engine(
+        db.url(),
+        pool_size=8,
+        max_overflow=4,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5, "application_name": "graphql-endpoint"},
+    )
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- transactions -------------------------------------------------------------
+
+    def add_changes(self, changes: Sequence[Change]) -> list[dict[str, Any]]:
+        """Store the changes in one transaction, in order; their rows with the ids given."""
+        if not changes:
+            return []
+        rows = [c.row() for c in changes]
+        values = ", ".join(
+            f"(:iban{i}, :new_balance{i}, :changed_by{i}, :from_to{i}, :direction{i}, :descr{i})"
+            for i in range(len(rows))
+        )
+        params = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
+        sql = f"INSERT INTO transaction (iban, new_balance, changed_by, from_to, direction, descr) VALUES {values} RETURNING id"
+        with self.engine.begin() as conn:
+            ids = [r[0] for r in conn.execute(text(sql), params)]
+        # RETURNING gives the rows in the order of VALUES for a plain INSERT in PostgreSQL
+        return [{"id": i, **row} for i, row in zip(ids, rows, strict=True)]
+
+    def transaction(self, transaction_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(text(f"SELECT {COLUMNS} FROM transaction WHERE id = :id"), {"id": transaction_id})
+            found = row.mappings().first()
+        return dict(found) if found else None
+
+    def by_iban(self, iban: str, max_items: int) -> list[dict[str, Any]]:
+        limit = max(0, min(max_items, 10_000))
+        sql = f"SELECT {COLUMNS} FROM transaction WHERE iban = :iban ORDER BY id DESC LIMIT :limit"
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(text(sql), {"iban": iban, "limit": limit}).mappings()]
+
+    def all_last(self) -> list[dict[str, Any]]:
+        sql = f"SELECT {COLUMNS} FROM transaction WHERE id IN (SELECT max(id) FROM transaction GROUP BY iban) ORDER BY iban"
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(text(sql)).mappings()]
+
+    # -- accounts -----------------------------------------------------------------
+
+    def account(self, username: str) -> Account | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT username, password, uuid FROM account WHERE username = :u"), {"u": username}
+            ).first()
+        return Account(row[0], row[1], row[2]) if row else None
+
+    def add_account(self, username: str, password_hash: str, command_id: uuid.UUID) -> bool:
+        """Insert the account; False when the username was taken meanwhile."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                text("INSERT INTO account (username, password, uuid) VALUES (:u, :p, :id) ON CONFLICT DO NOTHING"),
+                {"u": username, "p": password_hash, "id": command_id},
+            )
+        return result.rowcount == 1
+
+    def remove_account(self, command_id: uuid.UUID) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM account WHERE uuid = :id"), {"id": command_id})
