@@ -32,8 +32,8 @@ from command_handler.adapters.kafka_admin import KafkaAdmin
 from command_handler.config import DatabaseSettings, KafkaSettings, Settings
 from command_handler.errors import OperatorError
 from command_handler.retry import NotReady, retry
-from open_bank_devtools.stack.apicurio import CCOMPAT_PATH, ApicurioNode
 from open_bank_devtools.stack import endpoint
+from open_bank_devtools.stack.apicurio import CCOMPAT_PATH, ApicurioNode
 from open_bank_devtools.stack.kafka import KafkaNode, TlsListener
 from open_bank_devtools.stack.postgres import Cluster
 from open_bank_devtools.stack.variables import (
