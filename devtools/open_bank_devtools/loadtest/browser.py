@@ -23,13 +23,12 @@ import logging
 import sys
 import threading
 import time
-import tomllib
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from open_bank_devtools.loadtest.latency import COLUMNS, PRESETS, Row, _fmt, results_path
+from open_bank_devtools.loadtest.latency import COLUMNS, Row, _fmt, preset_values, results_path
 from open_bank_devtools.loadtest.resources import ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -86,17 +85,7 @@ class BrowserConfig:
 
     @classmethod
     def load(cls, name_or_path: str) -> BrowserConfig:
-        path = Path(name_or_path)
-        if not path.is_file():
-            path = PRESETS / f"{name_or_path}.toml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in PRESETS.glob("browser*.toml")))
-            raise ValueError(f"no browser latency config {name_or_path!r}: give a TOML file or one of: {known}")
-        data = tomllib.loads(path.read_text())
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return cls(**preset_values(cls, name_or_path, "browser latency config", "browser*.toml"))
 
     def generators_at(self, loop: int) -> int:
         return min(self.max_generators, self.generators_start + (loop - 1) // self.batch_cycle)

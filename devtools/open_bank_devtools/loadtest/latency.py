@@ -55,6 +55,23 @@ PROBE_STEPS: tuple[tuple[str, int], ...] = (
 CONFIRMED = "confirmed"
 
 
+def preset_values(cls: type, name_or_path: str, what: str, pattern: str) -> dict[str, Any]:
+    """The keys of a preset (a name in ``PRESETS`` matching ``pattern``, or a TOML file) for the dataclass
+    ``cls``; ValueError naming the known presets, or the keys ``cls`` does not have."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESETS / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob(pattern)))
+        raise ValueError(f"no {what} {name_or_path!r}: give a TOML file or one of: {known}")
+    data = tomllib.loads(path.read_text())
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     name: str = "python"
@@ -76,18 +93,7 @@ class LatencyConfig:
     @classmethod
     def load(cls, name_or_path: str) -> LatencyConfig:
         """A preset name (``reference``, ``ci``) or the path of a TOML file with these keys."""
-        path = Path(name_or_path)
-        if not path.is_file():
-            path = PRESETS / f"{name_or_path}.toml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.toml")))
-            raise ValueError(f"no latency config {name_or_path!r}: give a TOML file or one of: {known}")
-        data = tomllib.loads(path.read_text())
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        return cls(**data)
+        return cls(**preset_values(cls, name_or_path, "latency config", "*.toml"))
 
     def load_at(self, loop: int) -> int:
         """Target background commands per second during ``loop`` (1-based)."""
