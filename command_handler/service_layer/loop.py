@@ -99,8 +99,8 @@ class HandlerLoop:
         self.fatal: str | None = None
         self._joined = False  # a first assignment came
         self._waiting = False  # a dependency is waited for: every assigned partition is paused
-        self._held: dict[PartitionId, float] = {}  # partition -> when to try its first record again
-        self._hold_reason = ""
+        # partition -> when to try its first record again, and why it waits
+        self._held: dict[PartitionId, tuple[float, str]] = {}
         self._moved: set[PartitionId] = set()  # taken away during the current batch (its records: the next owner's)
         telemetry.watch_queue(output.queued)
 
@@ -187,8 +187,8 @@ class HandlerLoop:
                 f"(the oldest for {oldest:.0f}s)"
             )
         elif self._held:
-            held = ", ".join(f"{t}/{p}" for t, p in sorted(self._held))
-            self._not_ready(f"holding {held}: {self._hold_reason}")
+            held = "; ".join(f"{t}/{p}: {why}" for (t, p), (_, why) in sorted(self._held.items()))
+            self._not_ready(f"holding {held}")
         elif self._joined:
             self.readiness.ready = True
             self.readiness.reason = f"consuming {len(self.source.assignment())} partitions"
@@ -265,15 +265,14 @@ class HandlerLoop:
             log.warning(
                 "holding %s/%d at %d for %.1fs: %s", tp[0], tp[1], record.source.offset, self.hold_s, hold.reason
             )
-        self._held[tp] = self._clock() + self.hold_s
-        self._hold_reason = hold.reason
+        self._held[tp] = (self._clock() + self.hold_s, hold.reason)
         self._report()
 
     def _resume_held(self) -> None:
         if not self._held or self._waiting:
             return
         now = self._clock()
-        due = [tp for tp, at in self._held.items() if at <= now]
+        due = [tp for tp, (at, _) in self._held.items() if at <= now]
         for tp in due:
             del self._held[tp]
         if due:
