@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from open_bank_devtools.loadtest.latency import COLUMNS, Row, _fmt, preset_values, results_path
+from open_bank_devtools.loadtest.latency import COLUMNS, Row, _fmt, preset_values, results_path, show_progress
 from open_bank_devtools.loadtest.resources import ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,4 @@ class BrowserLatencyTest:
             f"loop {row.loop}/{self.config.max_loops}  {count} generators (answered {row.load_answered:.0f}/s)  "
             f"last {last}  time-outs {time_outs}/{self.config.max_time_outs}  mismatches {row.reason_mismatches}"
         )
-        if self.progress:
-            print("\r" + line.ljust(110), end="", file=sys.stderr, flush=True)
-        elif row.loop % 10 == 0 or row.timed_out:
-            log.info(line)
+        show_progress(line, row, self.progress, 110)

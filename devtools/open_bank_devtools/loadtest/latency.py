@@ -55,6 +55,15 @@ PROBE_STEPS: tuple[tuple[str, int], ...] = (
 CONFIRMED = "confirmed"
 
 
+def show_progress(line: str, row: Row, progress: bool, width: int) -> None:
+    """A loop's line: rewritten in place on a terminal (``progress``), else logged every 10th loop and at
+    every time-out."""
+    if progress:
+        print("\r" + line.ljust(width), end="", file=sys.stderr, flush=True)
+    elif row.loop % 10 == 0 or row.timed_out:
+        log.info(line)
+
+
 def preset_values(cls: type, name_or_path: str, what: str, pattern: str) -> dict[str, Any]:
     """The keys of a preset (a name in ``PRESETS`` matching ``pattern``, or a TOML file) for the dataclass
     ``cls``; ValueError naming the known presets, or the keys ``cls`` does not have."""
@@ -425,7 +434,4 @@ class LatencyTest:
             f"loop {row.loop}/{self.config.max_loops}  load {row.load_target}/s "
             f"(answered {row.load_answered:.0f}/s)  last {last}  time-outs {time_outs}/{self.config.max_time_outs}"
         )
-        if self.progress:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
-        elif row.loop % 10 == 0 or row.timed_out:
-            log.info(line)
+        show_progress(line, row, self.progress, 100)
