@@ -22,6 +22,8 @@ cd "$(dirname "$0")/.."
 runs="${1:?usage: scripts/loop.sh N [CONFIG]}"
 config="${2:-reference}"
 results="${RESULTS_DIR:-results}"
+# the GraphQL endpoint only for the browser test (see scripts/lib/latency-stack.sh)
+case "$(basename "$config")" in browser*) export LATENCY_ENDPOINT=1 ;; esac
 # shellcheck source=scripts/lib/latency-stack.sh
 source scripts/lib/latency-stack.sh
 export STATS_INTERVAL_S="${STATS_INTERVAL_S:-10}"

@@ -1,7 +1,11 @@
 # Sourced by loop.sh and bench.sh: the environment of the latency/benchmark
 # stack, apart from a development stack (its own directory, ports 9192/9193/
-# 8181/8191/5542, the handler's health endpoint on 8189, the GraphQL endpoint on 8288), the broker BROKER (kafka
-# or tansu, default kafka), and the command-handler executable as $ch.
+# 8181/8191/5542, the handler's health endpoint on 8189), the broker BROKER (kafka
+# or tansu, default kafka), and the command-handler executable as $ch. The GraphQL
+# endpoint is started (on 8288) only with LATENCY_ENDPOINT=1, as loop.sh does for
+# the browser test: beside the handler's latency test or the benchmark it reads
+# every output and takes CPU from the handler on this 2-core machine (at 200
+# commands/s it doubled the probe's median, 13.5 -> 24 ms, and its p99, 32 -> 267 ms).
 ch=.venv/bin/command-handler
 [ -x "$ch" ] || { echo "$(basename "$0"): run scripts/prepare.sh first" >&2; exit 2; }
 export STACK_BROKER="${BROKER:-kafka}"
@@ -13,6 +17,10 @@ export STACK_REGISTRY_PORT="${LATENCY_REGISTRY_PORT:-8181}"
 export STACK_REGISTRY_HEALTH_PORT="${LATENCY_REGISTRY_HEALTH_PORT:-8191}"
 export STACK_DB_PORT="${LATENCY_DB_PORT:-5542}"
 export HEALTH_PORT="${LATENCY_HEALTH_PORT:-8189}"
-export STACK_ENDPOINT_PORT="${LATENCY_ENDPOINT_PORT:-8288}"
+if [ "${LATENCY_ENDPOINT:-0}" = 1 ]; then
+  export STACK_ENDPOINT_PORT="${LATENCY_ENDPOINT_PORT:-8288}"
+else
+  export STACK_ENDPOINT_PORT=0
+fi
 export STACK_REGISTRY_DB=schema_registry_latency
 export DB_NAME=balancedb_latency
