@@ -152,12 +152,7 @@ class TransactionalOutput:
         try:
             self._call(self._producer.begin_transaction)
             self._produce(batch, refused)
-            self._bounded(
-                self._producer.send_offsets_to_transaction,
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                group_metadata(),
-                TIMEOUT_S,
-            )
+            self._send_offsets([TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata())
             try:
                 self._commit()
             except Unavailable:
@@ -207,6 +202,20 @@ class TransactionalOutput:
         if not taken:  # librdkafka's queue stayed full: given up, the batch is retried
             self._abort()
             raise Unavailable("the transactional producer's queue stayed full")
+
+    def _send_offsets(self, offsets: list[TopicPartition], metadata: object) -> None:
+        """The batch's next offsets into the transaction. The group refusing them (a member it has moved on
+        from: UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION after a freeze, a rebalance meanwhile) makes the
+        transaction abortable: it is aborted and the batch retried, without the partitions the rebalance
+        took (the loop filters them); only a fatal error fences the producer."""
+        try:
+            self._bounded(self._producer.send_offsets_to_transaction, offsets, metadata, TIMEOUT_S)
+        except KafkaException as err:
+            error: KafkaError = err.args[0]
+            if error.fatal():
+                raise Fenced(error.str()) from err
+            self._abort()
+            raise Unavailable(f"the group refused the batch's offsets: {error.str()}") from err
 
     def _commit(self) -> None:
         try:

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from command_handler.adapters.kafka_producer import AcknowledgedOutput
 from command_handler.adapters.kafka_transactions import TransactionalOutput
 from command_handler.domain.model import OutMessage
-from command_handler.errors import OutputRefused, Unavailable
+from command_handler.errors import Fenced, OutputRefused, Unavailable
 from command_handler.service_layer.commands import CommandService
 from command_handler.service_layer.delivery import Delivery, Pipeline
 
@@ -191,6 +191,7 @@ class FakeTransactionalProducer:
         self.hang: threading.Event | None = None
         self.offsets: list[Any] = []
         self.keys: list[Any] = []
+        self.refuse_offsets: KafkaError | None = None  # the group refuses the next offsets with it
 
     def init_transactions(self, timeout: float) -> None:
         self.calls.append("init")
@@ -209,6 +210,9 @@ class FakeTransactionalProducer:
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
         self.calls.append("offsets")
+        if self.refuse_offsets is not None:
+            error, self.refuse_offsets = self.refuse_offsets, None
+            raise KafkaException(error)
         self.offsets.append({(o.topic, o.partition): o.offset for o in offsets})
 
     def commit_transaction(self, timeout: float) -> None:
@@ -252,6 +256,35 @@ def test_a_timed_out_commit_is_called_again_not_aborted_nor_begun_anew() -> None
         pass
     assert output.send(batch, lambda: "metadata") == ()
     assert producer.calls == ["init", "begin", "produce", "offsets", "commit", "commit"]  # no abort, no 2nd batch
+
+
+def test_offsets_refused_by_the_group_abort_the_transaction_and_the_batch_goes_again() -> None:
+    # seen in the campaign: a handler woken after a freeze past its session timeout is no longer a member;
+    # the group refuses its offsets (abortable, not fatal), and the handler must go on, not crash
+    producer = FakeTransactionalProducer()
+    producer.refuse_offsets = KafkaError(
+        KafkaError.UNKNOWN_MEMBER_ID, "Broker: Unknown member", txn_requires_abort=True
+    )
+    output = transactional(producer)
+    batch = [answer(0, 0)]
+    try:
+        output.send(batch, lambda: "metadata")
+        raise AssertionError("the offsets were refused")
+    except Unavailable as err:
+        assert "Unknown member" in str(err)
+    assert output.send(batch, lambda: "metadata") == ()
+    assert producer.calls == ["init", "begin", "produce", "offsets", "abort", "begin", "produce", "offsets", "commit"]
+
+
+def test_a_fatal_error_on_the_offsets_fences_the_producer() -> None:
+    producer = FakeTransactionalProducer()
+    producer.refuse_offsets = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+    output = transactional(producer)
+    try:
+        output.send([answer(0, 0)], lambda: "metadata")
+        raise AssertionError("a fatal error must fence")
+    except Fenced:
+        pass
 
 
 def test_a_refused_output_is_replaced_and_the_transaction_retried_with_the_replacement() -> None:
