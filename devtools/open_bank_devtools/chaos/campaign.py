@@ -343,8 +343,10 @@ class Campaign:
             db_port=free_port(),
         )
         stack = LocalStack(config, load_settings({}), out=lambda line: self.out(f"[stack] {line}"))
-        stack.up(timeout_s=180, fresh=True)
+        # SIGTERM (a CI time-out, kill) ends the run through the finally below: no stack left running
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         try:
+            stack.up(timeout_s=180, fresh=True)
             return self._run(stack)
         finally:
             for handler in self.handlers:
