@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from functools import lru_cache
 
 BANK_IBAN = "NL66OPEN0000000000"
 IBAN_LENGTH = 18
@@ -23,6 +24,7 @@ def iban_for(account_digits: str) -> str:
     return f"NL{check_digits(account_digits)}OPEN{account_digits}"
 
 
+@lru_cache(maxsize=4096)  # the same accounts come again and again; bounded, so hostile values cannot grow it
 def is_valid_iban(value: str) -> bool:
     """True when ``value`` is 18 characters and equals the IBAN built from its last 10 digits."""
     if len(value) != IBAN_LENGTH:

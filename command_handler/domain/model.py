@@ -7,13 +7,13 @@ from dataclasses import dataclass, replace
 from uuid import UUID
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConfirmAccountCreation:
     id: UUID
     username: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConfirmMoneyTransfer:
     id: UUID
     token: str
@@ -29,7 +29,7 @@ Command = ConfirmAccountCreation | ConfirmMoneyTransfer
 PartitionId = tuple[str, int]  # (topic, partition)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a record is: the one position type of the project. A redelivery of the same record has the
     same source; a client that retries sends a new record (another source) with the same command id."""
@@ -49,7 +49,7 @@ class Source:
 Header = tuple[str, bytes | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """A consumed record, as the pipeline sees it: no client library's type."""
 
@@ -59,7 +59,7 @@ class Record:
     headers: tuple[Header, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutMessage:
     """A record to write."""
 
@@ -77,31 +77,31 @@ class OutMessage:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountCreationConfirmed:
     id: UUID
     iban: str
     token: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountCreationFailed:
     id: UUID
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MoneyTransferConfirmed:
     id: UUID
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MoneyTransferFailed:
     id: UUID
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BalanceChanged:
     username: str  # the Kafka key: the owner of the account; not a field of the record
     iban: str
@@ -114,7 +114,7 @@ class BalanceChanged:
 Feedback = AccountCreationConfirmed | AccountCreationFailed | MoneyTransferConfirmed | MoneyTransferFailed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """Everything one command produces: its answer and the balance changes it caused.
 

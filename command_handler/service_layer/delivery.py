@@ -43,7 +43,7 @@ class Codec(Protocol):
     def encode(self, command_key: bytes | None, outcome: Outcome) -> list[OutMessage]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetAside:
     """The record cannot be processed: why, and the metric's label of the reason."""
 
@@ -51,14 +51,14 @@ class SetAside:
     kind: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     """The record cannot be processed yet, and only its partition waits (a schema id not known yet)."""
 
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
     """A record's outputs: its answers, or its dead letter. ``stage`` counts replacements (see
     ``Pipeline.replacement``); ``applied``: the command changed the ledger (it is never set aside then,
