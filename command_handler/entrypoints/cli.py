@@ -160,7 +160,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except StartupInterrupted as stop:
         log.info("stopped during start-up (%s)", stop)
         return 0
+    freeze_startup_objects()
     return running[0].run()
+
+
+def freeze_startup_objects() -> None:
+    """The modules, schemas and clients made at start live as long as the process: moved out of the
+    garbage collector's sight (``gc.freeze``), so that its full collections no longer walk them. With
+    them, one full collection took about 55 ms (77,000 objects after the imports alone), a pause every
+    command in flight waited through."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _exit_after(seconds: float, why: str) -> None:

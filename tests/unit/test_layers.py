@@ -37,7 +37,16 @@ def test_bootstrap_imports_no_entrypoint() -> None:
 
 
 def test_the_domain_is_pure() -> None:
-    allowed = ("command_handler.domain", "__future__", "collections.abc", "dataclasses", "functools", "uuid", "secrets", "typing")
+    allowed = (
+        "command_handler.domain",
+        "__future__",
+        "collections.abc",
+        "dataclasses",
+        "functools",
+        "uuid",
+        "secrets",
+        "typing",
+    )
     for module, names in modules(PRODUCT / "domain").items():
         assert all(n.startswith(allowed) for n in names), (module, names)
 
