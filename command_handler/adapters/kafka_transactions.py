@@ -152,8 +152,8 @@ class TransactionalOutput:
         try:
             self._call(self._producer.begin_transaction)
             self._produce(batch, refused)
-            self._send_offsets([TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata())
             try:
+                self._send_offsets([TopicPartition(t, p, o) for (t, p), o in offsets.items()], group_metadata())
                 self._commit()
             except Unavailable:
                 if refused:  # the broker refused a message: the transaction was aborted for it

@@ -192,6 +192,8 @@ class FakeTransactionalProducer:
         self.offsets: list[Any] = []
         self.keys: list[Any] = []
         self.refuse_offsets: KafkaError | None = None  # the group refuses the next offsets with it
+        self.broker_limit: int | None = None  # the broker refuses larger messages (in their delivery reports)
+        self._reports: list[Any] = []
 
     def init_transactions(self, timeout: float) -> None:
         self.calls.append("init")
@@ -204,9 +206,14 @@ class FakeTransactionalProducer:
             raise too_large()
         self.calls.append("produce")
         self.keys.append(key)
+        if self.broker_limit is not None and size(topic, value, key, headers) > self.broker_limit and on_delivery:
+            self._reports.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
-        return 0
+        reports, self._reports = self._reports, []
+        for report in reports:
+            report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), None)
+        return len(reports)
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
         self.calls.append("offsets")
@@ -274,6 +281,23 @@ def test_offsets_refused_by_the_group_abort_the_transaction_and_the_batch_goes_a
         assert "Unknown member" in str(err)
     assert output.send(batch, lambda: "metadata") == ()
     assert producer.calls == ["init", "begin", "produce", "offsets", "abort", "begin", "produce", "offsets", "commit"]
+
+
+def test_an_output_the_broker_refused_is_replaced_when_the_offsets_then_fail() -> None:
+    # the broker refuses a message for its size (the transaction becomes abortable) and the offsets fail
+    # before the commit: the retry must carry the replacement, never the refused message again
+    producer = FakeTransactionalProducer()
+    producer.broker_limit = 10_000
+    producer.refuse_offsets = KafkaError(KafkaError._STATE, "transaction is abortable", txn_requires_abort=True)
+    output = transactional(producer)
+    batch = [answer(0, 0, key=b"k" * (LIMIT - 100))]  # the producer takes it, the broker does not
+    try:
+        output.send(batch, lambda: "metadata")
+        raise AssertionError("the offsets were refused")
+    except Unavailable:
+        pass
+    output.send(batch, lambda: "metadata")
+    assert len(producer.keys) == 2 and len(producer.keys[1]) < len(producer.keys[0])  # the retry: key cut
 
 
 def test_a_fatal_error_on_the_offsets_fences_the_producer() -> None:
