@@ -24,11 +24,13 @@ def iban_for(account_digits: str) -> str:
     return f"NL{check_digits(account_digits)}OPEN{account_digits}"
 
 
-@lru_cache(maxsize=4096)  # the same accounts come again and again; bounded, so hostile values cannot grow it
 def is_valid_iban(value: str) -> bool:
     """True when ``value`` is 18 characters and equals the IBAN built from its last 10 digits."""
-    if len(value) != IBAN_LENGTH:
-        return False
+    return len(value) == IBAN_LENGTH and _is_valid_18(value)
+
+
+@lru_cache(maxsize=4096)  # the same accounts come again and again; 4,096 keys of 18 characters at most
+def _is_valid_18(value: str) -> bool:
     digits = value[-10:]
     return digits.isascii() and digits.isdigit() and value == iban_for(digits)
 

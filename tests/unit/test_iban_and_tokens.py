@@ -52,3 +52,12 @@ def test_tokens_are_20_random_digits() -> None:
 def test_iban_for_rejects_bad_account_numbers() -> None:
     with pytest.raises(ValueError):
         iban_for("12345")
+
+
+def test_the_iban_cache_never_keeps_a_hostile_value() -> None:
+    from command_handler.domain import iban
+
+    before = iban._is_valid_18.cache_info().currsize
+    assert not iban.is_valid_iban("N" * 1_000_000)  # a megabyte "from" field of a hostile transfer
+    assert iban._is_valid_18.cache_info().currsize == before
+    assert iban.is_valid_iban(iban.iban_for("0123456789"))
