@@ -324,6 +324,8 @@ class Campaign:
         self.faults_failed: list[str] = []
         self.handlers: list[Handler] = []
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # the run ends (SIGTERM, or done): faults start nothing more
+        self._faults: list[threading.Thread] = []
 
     def say(self, text: str) -> None:
         elapsed = time.monotonic() - self.started if self.started else 0.0
@@ -349,6 +351,10 @@ class Campaign:
             stack.up(timeout_s=180, fresh=True)
             return self._run(stack)
         finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+            self.stopping.set()  # fault threads still running start nothing more
+            for thread in self._faults:
+                thread.join(60)  # one in the middle of a start (the broker's) finishes it first
             for handler in self.handlers:
                 if handler.process is not None and handler.process.poll() is None:
                     handler.process.kill()
@@ -485,6 +491,7 @@ class Campaign:
                 thread = threading.Thread(target=self._inject, args=(fault, scene), daemon=True)
                 thread.start()
                 threads.append(thread)
+                self._faults.append(thread)
             time.sleep(0.2)
         for thread in threads:
             thread.join(120)
@@ -511,6 +518,11 @@ class Campaign:
                 self.faults_failed.append(failure)
             self.say(f"fault {failure}")
 
+    def _wait(self, seconds: float) -> bool:
+        """Sleep through a fault's duration; False when the run is ending meanwhile (then the fault's
+        second half, a restart, is not done: the run's clean-up stops everything)."""
+        return not self.stopping.wait(seconds)
+
     def _pick(self) -> Handler:
         with self._lock:
             return self.rng.choice(self.handlers)
@@ -523,7 +535,8 @@ class Campaign:
             assert handler.process is not None
             handler.process.wait(10)
         self.say(f"kill -9 {handler.name} (pid {pid})")
-        time.sleep(1)
+        if not self._wait(1):
+            return
         with self._lock:
             handler.start()
         self.say(f"{handler.name} restarted")
@@ -534,7 +547,7 @@ class Campaign:
             handler.expect_exit = True  # a frozen process is not restarted
             pid = handler.signal(signal.SIGSTOP)
         self.say(f"SIGSTOP {handler.name} (pid {pid}) for {fault.seconds:g}s (session timeout {SESSION_TIMEOUT_MS}ms)")
-        time.sleep(fault.seconds)
+        self._wait(fault.seconds)
         with self._lock:
             handler.signal(signal.SIGCONT)
             handler.expect_exit = False
@@ -545,7 +558,8 @@ class Campaign:
         assert cluster is not None
         cluster.stop(mode="immediate")
         self.say(f"PostgreSQL stopped (immediate) for {fault.seconds:g}s")
-        time.sleep(fault.seconds)
+        if not self._wait(fault.seconds):
+            return
         cluster.start()
         self.say("PostgreSQL started")
 
@@ -555,7 +569,7 @@ class Campaign:
             admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
             _cut(admin, name)
             self.say(f"database read-only for {fault.seconds:g}s (a standby after a failover)")
-            time.sleep(fault.seconds)
+            self._wait(fault.seconds)
             admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
             _cut(admin, name)
         self.say("database writable again")
@@ -563,13 +577,16 @@ class Campaign:
     def _registry_down(self, fault: Fault, scene: Scene) -> None:
         scene.stack.stop_service("registry")
         self.say(f"registry down for {fault.seconds:g}s")
-        time.sleep(fault.seconds)
+        if not self._wait(fault.seconds):
+            return
         scene.stack.start_service("registry")
         self.say("registry started")
 
     def _broker_restart(self, fault: Fault, scene: Scene) -> None:
         scene.stack.stop_service("broker")
         self.say("broker stopped")
+        if self.stopping.is_set():
+            return
         scene.stack.start_service("broker")
         self.say("broker started again")
 

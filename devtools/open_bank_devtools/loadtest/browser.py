@@ -307,10 +307,15 @@ class BankPage:
         before, _ = self.newest()
         what, shown, start = self.act(step)
         left_ms = max(0, int((timeout_s - (time.monotonic() - start)) * 1000))
+        from selenium.common.exceptions import TimeoutException
+
         self.driver.set_script_timeout(timeout_s + 5)
-        box = self.driver.execute_async_script(
-            WAIT_FOR_ROW, before, shown, NEWEST_AMOUNT, max(1, int(poll_s * 1000)), left_ms
-        )
+        try:
+            box = self.driver.execute_async_script(
+                WAIT_FOR_ROW, before, shown, NEWEST_AMOUNT, max(1, int(poll_s * 1000)), left_ms
+            )
+        except TimeoutException:  # the page's own timer was late by more than 5 s: a time-out all the same
+            return what, None, None
         if box is None:
             return what, None, None
         seen = (time.monotonic() - start) * 1000

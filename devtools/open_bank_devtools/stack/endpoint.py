@@ -54,6 +54,18 @@ def service(stack: LocalStack) -> Service | None:
     return Service("endpoint", "graphql-endpoint", (port,), lambda: [sys.executable, *args], " ".join(args), env)
 
 
+def stoppable(stack: LocalStack) -> Service:
+    """The endpoint as ``down`` looks for it: also when this configuration has none (port 0), so that one
+    started by an earlier ``up`` with a port is stopped rather than left reading the next stack's topics."""
+    from open_bank_devtools.stack.local_stack import Service
+
+    found = service(stack)
+    if found is not None:
+        return found
+    marker = "-m open_bank_endpoint run"
+    return Service("endpoint", "graphql-endpoint", (), lambda: [], marker)
+
+
 def environment(stack: LocalStack) -> dict[str, str]:
     port = stack.config.endpoint_port
     return {} if port is None else {"ENDPOINT_URL": url(port)}

@@ -448,7 +448,7 @@ class LocalStack:
 
     def down(self, timeout_s: float = 30) -> None:
         """Stop the registry, the broker (whichever kind runs) and the stack's own PostgreSQL."""
-        candidates = [self.services()[1], *self.broker_services().values(), *filter(None, [endpoint.service(self)])]
+        candidates = [self.services()[1], *self.broker_services().values(), endpoint.stoppable(self)]
         for name in ("endpoint", "registry", "broker"):
             running = [(s, pid) for s in candidates if s.name == name and (pid := self._running_pid(s)) is not None]
             if not running:
