@@ -1,8 +1,8 @@
 """The reference's latency test in a real browser: headless Chromium (Debian's ``chromium`` and
 ``chromium-driver``) driven through Selenium, against the GraphQL endpoint's page.
 
-It logs in as ``testuser``, then each loop clicks the next deposit button or fills and submits the transfer
-form (the reference's cycle: deposits of 10, 20, 50, 100, 200 euro, transfers of 11,11, 23,23, 34,89, 99,99
+It logs in as ``testuser``, then each loop clicks (``click``: a mouse press and release through DevTools, or
+WebDriver's element click) the next deposit button or fills and submits the transfer form (the reference's cycle: deposits of 10, 20, 50, 100, 200 euro, transfers of 11,11, 23,23, 34,89, 99,99
 and 210,78 euro to the bank), and measures from the click until the newest transaction row of the page shows
 the expected amount, watched inside the page on every change and every ``poll_ms``; ``max_interaction_ms`` is a time-out. Background load comes from
 generators, one more every ``batch_cycle`` loops, each a WebSocket client of the endpoint doing what the
