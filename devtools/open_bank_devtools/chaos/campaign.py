@@ -479,7 +479,6 @@ class Campaign:
     # -- faults -----------------------------------------------------------------------
 
     def _schedule(self, scene: Scene) -> None:
-        threads = []
         pending = list(self.preset.faults)
         while time.monotonic() - self.started < self.preset.duration_s:
             for handler in self.handlers:
@@ -490,10 +489,9 @@ class Campaign:
                 fault = pending.pop(0)
                 thread = threading.Thread(target=self._inject, args=(fault, scene), daemon=True)
                 thread.start()
-                threads.append(thread)
                 self._faults.append(thread)
             time.sleep(0.2)
-        for thread in threads:
+        for thread in self._faults:
             thread.join(120)
 
     def _injector(self, kind: str) -> Callable[[Fault, Scene], None]:

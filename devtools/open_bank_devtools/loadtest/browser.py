@@ -2,11 +2,12 @@
 ``chromium-driver``) driven through Selenium, against the GraphQL endpoint's page.
 
 It logs in as ``testuser``, then each loop clicks (``click``: a mouse press and release through DevTools, or
-WebDriver's element click) the next deposit button or fills and submits the transfer form (the reference's cycle: deposits of 10, 20, 50, 100, 200 euro, transfers of 11,11, 23,23, 34,89, 99,99
-and 210,78 euro to the bank), and measures from the click until the newest transaction row of the page shows
-the expected amount, watched inside the page on every change and every ``poll_ms``; ``max_interaction_ms`` is a time-out. Background load comes from
-generators, one more every ``batch_cycle`` loops, each a WebSocket client of the endpoint doing what the
-reference's do: open two accounts, then transfer back and forth at most every 250 ms, with an invalid token
+WebDriver's element click) the next deposit button or fills and submits the transfer form (the reference's
+cycle: deposits of 10, 20, 50, 100, 200 euro, transfers of 11,11, 23,23, 34,89, 99,99 and 210,78 euro to the
+bank), and measures from the click until the newest transaction row of the page shows the expected amount,
+watched inside the page on every change and every ``poll_ms``; ``max_interaction_ms`` is a time-out.
+Background load comes from generators, one more every ``batch_cycle`` loops, each a WebSocket client of the
+endpoint doing what the reference's do: open two accounts, then transfer back and forth at most every 250 ms, with an invalid token
 or too large an amount now and then, checking the answers' reasons. Rows go to the same CSV as the
 Kafka-level test (``load_target`` is the generators' most, 4 transfers/s each; ``balance_ms`` is
 click-to-visible as the reference measures it, ``in_page_ms`` the same inside the page, without WebDriver's
@@ -328,11 +329,11 @@ class BankPage:
         The page is watched from inside (``WAIT_FOR_ROW``: on every change of the list, and every ``poll_s``
         besides), so the time seen is the click's, the bank's and one WebDriver round trip, not a poll
         interval's too (the reference polled with a WebDriver round trip each time)."""
+        from selenium.common.exceptions import TimeoutException
+
         before, _ = self.newest()
         what, shown, start = self.act(step)
         left_ms = max(0, int((timeout_s - (time.monotonic() - start)) * 1000))
-        from selenium.common.exceptions import TimeoutException
-
         self.driver.set_script_timeout(timeout_s + 5)
         try:
             box = self.driver.execute_async_script(
