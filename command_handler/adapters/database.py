@@ -26,7 +26,9 @@ def make_engine(db: DatabaseSettings, pool_size: int = 4) -> Engine:
         db.url(),
         pool_size=pool_size,
         max_overflow=2,
-        pool_pre_ping=True,
+        # no ping at each checkout (a round trip per batch): a connection the server dropped fails its
+        # batch, which the loop retries (Unavailable) on a new one; SQLAlchemy then renews the whole pool
+        pool_pre_ping=False,
         connect_args={
             "connect_timeout": 5,
             "application_name": "command-handler",

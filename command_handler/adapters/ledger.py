@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Literal
 from uuid import UUID
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 
 from command_handler.domain import rules
 from command_handler.domain.model import (
@@ -58,32 +59,42 @@ _LOCK_ACCOUNTS = text(
 _OPEN_ACCOUNT = text(
     "INSERT INTO balance (username, iban, token) VALUES (:u, :i, :t) ON CONFLICT (iban) DO NOTHING RETURNING amount, lmt"
 )
-_SET_AMOUNTS = text(
-    "UPDATE balance AS b SET amount = u.amount "
-    "FROM unnest(CAST(:ibans AS text[]), CAST(:amounts AS bigint[])) AS u(iban, amount) "
-    "WHERE b.iban = u.iban"
-)
-_RECORD_CREATIONS = text(
-    "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "
-    "FROM unnest(CAST(:ids AS uuid[]), CAST(:usernames AS text[]), CAST(:ibans AS text[]), "
-    "CAST(:tokens AS text[]), CAST(:reasons AS text[])) AS u(uuid, username, iban, token, reason) "
-    "WHERE c.uuid = u.uuid"
-)
-_RECORD_TRANSFERS = text(
-    "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
-    "source_partition = u.src_partition, source_offset = u.src_offset "
-    "FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:topics AS text[]), "
-    "CAST(:partitions AS int[]), CAST(:offsets AS bigint[])) "
-    "AS u(uuid, reason, src_topic, src_partition, src_offset) "
-    "WHERE c.uuid = u.uuid"
-)
-_RECORD_EVENTS = text(
-    "INSERT INTO cmt_balance_changed "
-    "(cmt_uuid, seq, username, iban, new_balance, changed_by, from_to, description) "
-    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:seqs AS smallint[]), CAST(:usernames AS text[]), "
-    "CAST(:ibans AS text[]), CAST(:balances AS bigint[]), CAST(:changes AS bigint[]), "
-    "CAST(:from_tos AS text[]), CAST(:descriptions AS text[]))"
-)
+# What a batch did, written by one statement of data-modifying CTEs (each runs exactly once, to completion):
+# the new amounts, the creations' and transfers' outcomes and the transfers' events. Built for the parts a
+# batch has (a cache of at most 8 statements).
+_WRITES = {
+    "amounts": (
+        "UPDATE balance AS b SET amount = u.amount "
+        "FROM unnest(CAST(:a_ibans AS text[]), CAST(:a_amounts AS bigint[])) AS u(iban, amount) "
+        "WHERE b.iban = u.iban"
+    ),
+    "creations": (
+        "UPDATE cac AS c SET username = u.username, iban = u.iban, token = u.token, reason = u.reason "
+        "FROM unnest(CAST(:c_ids AS uuid[]), CAST(:c_usernames AS text[]), CAST(:c_ibans AS text[]), "
+        "CAST(:c_tokens AS text[]), CAST(:c_reasons AS text[])) AS u(uuid, username, iban, token, reason) "
+        "WHERE c.uuid = u.uuid"
+    ),
+    "transfers": (
+        "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
+        "source_partition = u.src_partition, source_offset = u.src_offset "
+        "FROM unnest(CAST(:t_ids AS uuid[]), CAST(:t_reasons AS text[]), CAST(:t_topics AS text[]), "
+        "CAST(:t_partitions AS int[]), CAST(:t_offsets AS bigint[])) "
+        "AS u(uuid, reason, src_topic, src_partition, src_offset) "
+        "WHERE c.uuid = u.uuid"
+    ),
+    "events": (
+        "INSERT INTO cmt_balance_changed "
+        "(cmt_uuid, seq, username, iban, new_balance, changed_by, from_to, description) "
+        "SELECT * FROM unnest(CAST(:e_ids AS uuid[]), CAST(:e_seqs AS smallint[]), CAST(:e_usernames AS text[]), "
+        "CAST(:e_ibans AS text[]), CAST(:e_balances AS bigint[]), CAST(:e_changes AS bigint[]), "
+        "CAST(:e_from_tos AS text[]), CAST(:e_descriptions AS text[]))"
+    ),
+}
+
+
+@lru_cache(maxsize=len(_WRITES) ** 2)
+def _writes(parts: tuple[str, ...]) -> TextClause:
+    return text("WITH " + ", ".join(f"{part} AS ({_WRITES[part]})" for part in parts) + " SELECT 1")
 
 
 class PostgresLedger:
@@ -146,61 +157,47 @@ class PostgresLedger:
         row = self.conn.execute(_OPEN_ACCOUNT, {"u": username, "i": iban, "t": token}).first()
         return None if row is None else Account(username, iban, token, row[0], row[1])
 
-    def set_amounts(self, accounts: Sequence[Account]) -> None:
-        if not accounts:
-            return
-        self.conn.execute(
-            _SET_AMOUNTS,
-            {"ibans": [a.iban for a in accounts], "amounts": [a.amount for a in accounts]},
-        )
+    # -- what the batch did --------------------------------------------------------
 
-    # -- outcomes ---------------------------------------------------------------
-
-    def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
-        if not outcomes:
-            return
-        rows = [
-            (command.id, rules.storable(command.username), _creation_columns(outcome)) for command, outcome in outcomes
-        ]
-        self.conn.execute(
-            _RECORD_CREATIONS,
-            {
-                "ids": [i for i, _, _ in rows],
-                "usernames": [username for _, username, _ in rows],
-                "ibans": [columns[0] for _, _, columns in rows],
-                "tokens": [columns[1] for _, _, columns in rows],
-                "reasons": [columns[2] for _, _, columns in rows],
-            },
-        )
-
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
-        if not outcomes:
-            return
-        self.conn.execute(
-            _RECORD_TRANSFERS,
-            {
-                "ids": [i for i, _, _ in outcomes],
-                "reasons": [o.reason for _, o, _ in outcomes],
-                "topics": [s.topic if s else None for _, _, s in outcomes],
-                "partitions": [s.partition if s else None for _, _, s in outcomes],
-                "offsets": [s.offset if s else None for _, _, s in outcomes],
-            },
-        )
-        events = [(i, seq, e) for i, o, _ in outcomes for seq, e in enumerate(o.events)]
+    def record(
+        self,
+        accounts: Sequence[Account],
+        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
+        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
+    ) -> None:
+        """One round trip for all of it, whatever the batch's size and mix."""
+        parts: dict[str, dict[str, list[object]]] = {}
+        if accounts:
+            parts["amounts"] = {"a_ibans": [a.iban for a in accounts], "a_amounts": [a.amount for a in accounts]}
+        if creations:
+            rows = [(c.id, rules.storable(c.username), *_creation_columns(o)) for c, o in creations]
+            names = ("c_ids", "c_usernames", "c_ibans", "c_tokens", "c_reasons")
+            parts["creations"] = {
+                name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)
+            }
+        if transfers:
+            parts["transfers"] = {
+                "t_ids": [i for i, _, _ in transfers],
+                "t_reasons": [o.reason for _, o, _ in transfers],
+                "t_topics": [s.topic if s else None for _, _, s in transfers],
+                "t_partitions": [s.partition if s else None for _, _, s in transfers],
+                "t_offsets": [s.offset if s else None for _, _, s in transfers],
+            }
+        events = [(i, seq, e) for i, o, _ in transfers for seq, e in enumerate(o.events)]
         if events:
-            self.conn.execute(
-                _RECORD_EVENTS,
-                {
-                    "ids": [i for i, _, _ in events],
-                    "seqs": [seq for _, seq, _ in events],
-                    "usernames": [e.username for _, _, e in events],
-                    "ibans": [e.iban for _, _, e in events],
-                    "balances": [e.new_balance for _, _, e in events],
-                    "changes": [e.changed_by for _, _, e in events],
-                    "from_tos": [e.from_to for _, _, e in events],
-                    "descriptions": [e.description for _, _, e in events],
-                },
-            )
+            parts["events"] = {
+                "e_ids": [i for i, _, _ in events],
+                "e_seqs": [seq for _, seq, _ in events],
+                "e_usernames": [e.username for _, _, e in events],
+                "e_ibans": [e.iban for _, _, e in events],
+                "e_balances": [e.new_balance for _, _, e in events],
+                "e_changes": [e.changed_by for _, _, e in events],
+                "e_from_tos": [e.from_to for _, _, e in events],
+                "e_descriptions": [e.description for _, _, e in events],
+            }
+        if parts:
+            params = {name: values for part in parts.values() for name, values in part.items()}
+            self.conn.execute(_writes(tuple(parts)), params)
 
 
 def _creation_columns(outcome: Outcome) -> tuple[str | None, str | None, str | None]:

@@ -144,9 +144,7 @@ class CommandService:
                 outcome = outcome.with_balances({iban: a.amount for iban, a in accounts.items()})
             results.append(outcome)
 
-        ledger.set_amounts(list(changed.values()))
-        ledger.record_creations(created)
-        ledger.record_transfers(transferred)
+        ledger.record(list(changed.values()), created, transferred)
         return results
 
     def _open_account(self, ledger: Ledger, command: ConfirmAccountCreation, accounts: dict[str, Account]) -> Outcome:

@@ -53,16 +53,14 @@ class Ledger(Protocol):
         """A new account, or None when the IBAN is taken already."""
         ...
 
-    def set_amounts(self, accounts: Sequence[Account]) -> None:
-        """Store the new amounts of these accounts."""
-        ...
-
-    def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
-        """Store the outcomes of account creations claimed in this transaction."""
-        ...
-
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
-        """Store the outcomes of transfers claimed in this transaction, with their events and source."""
+    def record(
+        self,
+        accounts: Sequence[Account],
+        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
+        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
+    ) -> None:
+        """Store what the batch did: the new amounts of these accounts, and the outcomes of the account
+        creations and transfers claimed in this transaction (a transfer's with its events and source)."""
         ...
 
 

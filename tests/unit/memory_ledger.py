@@ -73,18 +73,19 @@ class InMemoryLedger:
         self.state.accounts[iban] = copy.copy(account)
         return account
 
-    def set_amounts(self, accounts: Sequence[Account]) -> None:
+    def record(
+        self,
+        accounts: Sequence[Account],
+        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
+        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
+    ) -> None:
         for account in accounts:
             self.state.accounts[account.iban].amount = account.amount
-
-    def record_creations(self, outcomes: Sequence[tuple[ConfirmAccountCreation, Outcome]]) -> None:
-        for command, outcome in outcomes:
+        for command, outcome in creations:
             assert self.state.creations[command.id] is None, "recorded only once, after its claim"
             self.state.creations[command.id] = outcome
             self.state.usernames[command.id] = command.username
-
-    def record_transfers(self, outcomes: Sequence[tuple[UUID, Outcome, Source | None]]) -> None:
-        for command_id, outcome, source in outcomes:
+        for command_id, outcome, source in transfers:
             assert self.state.transfers[command_id] is None, "recorded only once, after its claim"
             self.state.transfers[command_id] = outcome
             self.state.sources[command_id] = source
