@@ -10,13 +10,22 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
+from command_handler.adapters.database import binary_arrays
 from command_handler.config import DatabaseSettings
 from open_bank_endpoint.money import euro
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 COLUMNS = "id, iban, new_balance, changed_by, from_to, direction, descr"
+_CHANGE_FIELDS = ("iban", "new_balance", "changed_by", "from_to", "direction", "descr")
+# one statement for any number of changes, the columns as arrays (sent binary: binary_arrays)
+_ADD_CHANGES = text(
+    f"INSERT INTO transaction ({', '.join(_CHANGE_FIELDS)}) "
+    f"SELECT {', '.join(_CHANGE_FIELDS)} FROM unnest("
+    + ", ".join(f"CAST(:{name} AS text[])" for name in _CHANGE_FIELDS)
+    + f") WITH ORDINALITY AS c({', '.join(_CHANGE_FIELDS)}, n) ORDER BY n RETURNING id"
+)
 
 
 @dataclass(frozen=True)
@@ -55,13 +64,15 @@ def upgrade(db: DatabaseSettings) -> None:
 
 
 def make_engine(db: DatabaseSettings) -> Engine:
-    return create_engine(
+    engine = create_engine(
         db.url(),
         pool_size=8,
         max_overflow=4,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 5, "application_name": "graphql-endpoint"},
     )
+    event.listen(engine, "connect", binary_arrays)
+    return engine
 
 
 class Store:
@@ -79,15 +90,10 @@ class Store:
         if not changes:
             return []
         rows = [c.row() for c in changes]
-        values = ", ".join(
-            f"(:iban{i}, :new_balance{i}, :changed_by{i}, :from_to{i}, :direction{i}, :descr{i})"
-            for i in range(len(rows))
-        )
-        params = {f"{k}{i}": v for i, row in enumerate(rows) for k, v in row.items()}
-        sql = f"INSERT INTO transaction (iban, new_balance, changed_by, from_to, direction, descr) VALUES {values} RETURNING id"
         with self.engine.begin() as conn:
-            ids = [r[0] for r in conn.execute(text(sql), params)]
-        # RETURNING gives the rows in the order of VALUES for a plain INSERT in PostgreSQL
+            result = conn.execute(_ADD_CHANGES, {name: [row[name] for row in rows] for name in _CHANGE_FIELDS})
+            # the rows go in in the order given (ORDER BY n), so their identities rise in that order
+            ids = sorted(r[0] for r in result)
         return [{"id": i, **row} for i, row in zip(ids, rows, strict=True)]
 
     def transaction(self, transaction_id: int) -> dict[str, Any] | None:
