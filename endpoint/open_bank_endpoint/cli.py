@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         ws="websockets-sansio",
+        # the frames are small JSON documents: compressing them costs CPU on both ends and saves nothing
+        ws_per_message_deflate=False,
         lifespan="on",
     )
     return 0

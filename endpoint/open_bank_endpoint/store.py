@@ -90,7 +90,8 @@ class Store:
         if not changes:
             return []
         rows = [c.row() for c in changes]
-        with self.engine.begin() as conn:
+        # one statement is atomic by itself: no BEGIN and COMMIT round trips around it
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             result = conn.execute(_ADD_CHANGES, {name: [row[name] for row in rows] for name in _CHANGE_FIELDS})
             # the rows go in in the order given (ORDER BY n), so their identities rise in that order
             ids = sorted(r[0] for r in result)
