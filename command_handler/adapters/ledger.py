@@ -61,7 +61,7 @@ _OPEN_ACCOUNT = text(
 )
 # What a batch did, written by one statement of data-modifying CTEs (each runs exactly once, to completion):
 # the new amounts, the creations' and transfers' outcomes and the transfers' events. Built for the parts a
-# batch has (a cache of at most 8 statements).
+# batch has (one statement per combination of parts, 15 at most).
 _WRITES = {
     "amounts": (
         "UPDATE balance AS b SET amount = u.amount "
