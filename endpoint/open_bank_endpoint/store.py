@@ -78,6 +78,7 @@ def make_engine(db: DatabaseSettings) -> Engine:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -91,7 +92,7 @@ class Store:
             return []
         rows = [c.row() for c in changes]
         # one statement is atomic by itself: no BEGIN and COMMIT round trips around it
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with self._autocommit.connect() as conn:
             result = conn.execute(_ADD_CHANGES, {name: [row[name] for row in rows] for name in _CHANGE_FIELDS})
             # the rows go in in the order given (ORDER BY n), so their identities rise in that order
             ids = sorted(r[0] for r in result)
