@@ -26,13 +26,13 @@ from command_handler.domain.model import (
     AccountCreationConfirmed,
     AccountCreationFailed,
     BalanceChanged,
-    ConfirmAccountCreation,
     MoneyTransferConfirmed,
     MoneyTransferFailed,
     Outcome,
     Source,
 )
 from command_handler.domain.rules import Account
+from command_handler.service_layer.ports import CreationOutcomes, TransferOutcomes
 
 # The statements, built once (a text() clause parses its SQL for bind parameters when it is made). Every
 # parameter is an array cast to its column type: the engine sends lists as binary arrays
@@ -159,12 +159,7 @@ class PostgresLedger:
 
     # -- what the batch did --------------------------------------------------------
 
-    def record(
-        self,
-        accounts: Sequence[Account],
-        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
-        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
-    ) -> None:
+    def record(self, accounts: Sequence[Account], creations: CreationOutcomes, transfers: TransferOutcomes) -> None:
         """One round trip for all of it, whatever the batch's size and mix."""
         parts: dict[str, dict[str, list[object]]] = {}
         if accounts:

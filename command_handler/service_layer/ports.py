@@ -19,6 +19,11 @@ from uuid import UUID
 from command_handler.domain.model import ConfirmAccountCreation, Outcome, PartitionId, Record, Source
 from command_handler.domain.rules import Account
 
+# what a batch did, as Ledger.record stores it: each new account creation with its outcome, and each new
+# transfer's id with its outcome (feedback and events) and the record it was read from
+CreationOutcomes = Sequence[tuple[ConfirmAccountCreation, Outcome]]
+TransferOutcomes = Sequence[tuple[UUID, Outcome, Source | None]]
+
 
 @runtime_checkable
 class Ledger(Protocol):
@@ -53,12 +58,7 @@ class Ledger(Protocol):
         """A new account, or None when the IBAN is taken already."""
         ...
 
-    def record(
-        self,
-        accounts: Sequence[Account],
-        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
-        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
-    ) -> None:
+    def record(self, accounts: Sequence[Account], creations: CreationOutcomes, transfers: TransferOutcomes) -> None:
         """Store what the batch did: the new amounts of these accounts, and the outcomes of the account
         creations and transfers claimed in this transaction (a transfer's with its events and source)."""
         ...

@@ -17,9 +17,10 @@ from uuid import UUID
 
 from command_handler.domain import rules
 from command_handler.domain.iban import BANK_IBAN
-from command_handler.domain.model import ConfirmAccountCreation, Outcome, Source
+from command_handler.domain.model import Outcome, Source
 from command_handler.domain.rules import Account
 from command_handler.errors import Conflict, Rejected
+from command_handler.service_layer.ports import CreationOutcomes, TransferOutcomes
 
 BANK_SEED = 100_000_000_000_000_000
 
@@ -73,12 +74,7 @@ class InMemoryLedger:
         self.state.accounts[iban] = copy.copy(account)
         return account
 
-    def record(
-        self,
-        accounts: Sequence[Account],
-        creations: Sequence[tuple[ConfirmAccountCreation, Outcome]],
-        transfers: Sequence[tuple[UUID, Outcome, Source | None]],
-    ) -> None:
+    def record(self, accounts: Sequence[Account], creations: CreationOutcomes, transfers: TransferOutcomes) -> None:
         for account in accounts:
             self.state.accounts[account.iban].amount = account.amount
         for command, outcome in creations:
