@@ -92,7 +92,7 @@ _WRITES = {
 }
 
 
-@lru_cache(maxsize=len(_WRITES) ** 2)
+@lru_cache(maxsize=2 ** len(_WRITES))
 def _writes(parts: tuple[str, ...]) -> TextClause:
     return text("WITH " + ", ".join(f"{part} AS ({_WRITES[part]})" for part in parts) + " SELECT 1")
 

@@ -17,8 +17,8 @@ from command_handler.config import DatabaseSettings
 from open_bank_endpoint.money import euro
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-COLUMNS = "id, iban, new_balance, changed_by, from_to, direction, descr"
 _CHANGE_FIELDS = ("iban", "new_balance", "changed_by", "from_to", "direction", "descr")
+COLUMNS = ", ".join(("id", *_CHANGE_FIELDS))
 # one statement for any number of changes, the columns as arrays (sent binary: binary_arrays)
 _ADD_CHANGES = text(
     f"INSERT INTO transaction ({', '.join(_CHANGE_FIELDS)}) "
