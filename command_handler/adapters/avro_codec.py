@@ -107,6 +107,36 @@ def _canonical(parsed: Any) -> str:
     return str(to_parsing_canonical_form(parsed))
 
 
+# -- the Confluent framing, for any record (the endpoint writes and reads its records with these too) --------
+
+
+def frame_header(schema_id: int) -> bytes:
+    """The 5 bytes before a record's Avro body: the magic byte and the schema id, big-endian."""
+    return bytes((MAGIC_BYTE,)) + schema_id.to_bytes(4, "big")
+
+
+def framed_schema_id(value: bytes | None) -> int | None:
+    """The schema id of a Confluent-framed value, or None when the value is not framed so."""
+    if value is None or len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
+        return None
+    return int.from_bytes(value[1:HEADER_SIZE], "big")
+
+
+def write_framed(header: bytes, schema: Any, record: Mapping[str, Any]) -> bytes:
+    """A record as Kafka bytes: ``header`` (frame_header of its id), then its body in the parsed ``schema``."""
+    out = BytesIO()
+    out.write(header)
+    schemaless_writer(out, schema, record)
+    return out.getvalue()
+
+
+def read_framed(value: bytes, writer: Any, reader: Any = None) -> Any:
+    """The record in a framed value, read with the parsed writer schema (resolved to ``reader`` if given)."""
+    body = BytesIO(value)
+    body.seek(HEADER_SIZE)
+    return schemaless_reader(body, writer, reader)
+
+
 @dataclass(frozen=True)
 class _Writer:
     """What one output subject is written with: the registered id's 5-byte header and the parsed schema."""
@@ -221,15 +251,13 @@ class AvroCodec:
     def decode_command(self, value: bytes | None) -> Command:
         if value is None:
             raise PoisonMessage("null value", "null-value")
-        if len(value) < HEADER_SIZE or value[0] != MAGIC_BYTE:
+        schema_id = framed_schema_id(value)
+        if schema_id is None:
             raise PoisonMessage("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)", "not-avro")
-        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
         reader = self._reader(schema_id)
         name = reader.name
         try:
-            body = BytesIO(value)
-            body.seek(HEADER_SIZE)
-            record = schemaless_reader(body, reader.writer, reader.reader)
+            record = read_framed(value, reader.writer, reader.reader)
             if not isinstance(record, dict):
                 raise TypeError("no record")
             command_id = uuid.UUID(bytes=record["id"])
@@ -257,7 +285,7 @@ class AvroCodec:
                 raise RegistryUnavailable(f"looking up {subject}: {type(err).__name__}: {err}") from err
             raise
         schema_id = int(registered.schema_id)  # type: ignore[arg-type]
-        found = _Writer(bytes((MAGIC_BYTE,)) + schema_id.to_bytes(4, "big"), _parse(schema_str))
+        found = _Writer(frame_header(schema_id), _parse(schema_str))
         with self._lock:
             self._writers[kind] = found
         return found
@@ -265,10 +293,9 @@ class AvroCodec:
     def _message(self, value: Any, key: bytes | None) -> OutMessage:
         kind = type(value)
         writer = self._writer(kind)
-        out = BytesIO()
-        out.write(writer.header)
-        schemaless_writer(out, writer.schema, _RECORDS[kind](value))
-        return OutMessage(self._destinations[kind], key, out.getvalue())
+        return OutMessage(
+            self._destinations[kind], key, write_framed(writer.header, writer.schema, _RECORDS[kind](value))
+        )
 
     def encode(self, command_key: bytes | None, outcome: Outcome) -> list[OutMessage]:
         """The answer (keyed like the command) and the BalanceChanged events (keyed by account owner)."""

@@ -116,7 +116,8 @@ class Bank:
     def _connect(self) -> None:
         db = self.settings.database
         try:
-            store = Store(make_engine(db))
+            # the consumer's thread alone writes: one connection, not tried before each batch
+            store = Store(make_engine(db), writer=make_engine(db, pool_size=1, pre_ping=False))
             self._until(f"database {db.display()}", store.ping)
             if self.migrate:
                 self._until("database migration", lambda: upgrade(db))
@@ -145,7 +146,7 @@ class Bank:
         if self.commands is not None:
             self.commands.close()
         if self.store is not None:
-            self.store.engine.dispose()
+            self.store.dispose()
 
     def health(self) -> dict[str, Any]:
         consumer = "stopped" if self.answers is not None and not self.answers.alive else None

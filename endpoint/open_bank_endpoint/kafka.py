@@ -3,6 +3,7 @@ up), feedback and BalanceChanged in (one consumer thread of its own group over t
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -12,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.schema_registry import topic_record_subject_name_strategy
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema
 
+from command_handler.adapters.avro_codec import frame_header, framed_schema_id, read_framed, write_framed
 from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.topology import load_topology
 from open_bank_endpoint.config import EndpointSettings
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 COMMANDS = ("ConfirmAccountCreation", "ConfirmMoneyTransfer")
 COMMIT_EVERY_S = 1.0
+MAX_READ_SCHEMAS = 1_000  # writer schemas kept parsed by id (ever new ids: the cache starts again)
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,23 @@ class NotYet(Exception):
 
 
 class Commands:
-    """The producer of commands, with serializers for the registered versions of the two command records."""
+    """The producer of commands, written with the registered versions of the two command records (Confluent
+    framing, TopicRecordNameStrategy, nothing registered: what AvroSerializer with ``auto.register.schemas``
+    off writes, through fastavro with each schema parsed once)."""
 
     def __init__(self, settings: EndpointSettings, registry: SchemaRegistry) -> None:
         kafka = settings.handler.kafka
         self.topic = settings.handler.topics.commands
         self.registry = registry
         records = load_topology(settings.handler.topics.by_env()).records
-        conf = {"auto.register.schemas": False, "subject.name.strategy": topic_record_subject_name_strategy}
-        self._serializers: dict[str, AvroSerializer] = {}
+        self._writers: dict[str, tuple[bytes, Any]] = {}  # record name -> (frame header, parsed schema)
         for name in COMMANDS:
             subject = f"{self.topic}-{records[name].full_name}"
             registered = registry.resolve(subject, records[name].schema_str)
             if registered is None:
                 raise NotYet(f"subject {subject} (run `command-handler sync`, or the handler with --sync)")
-            self._serializers[name] = AvroSerializer(registry.client, registered.schema_str, conf=conf)
+            schema = parse_schema(json.loads(registered.schema_str))
+            self._writers[name] = (frame_header(registered.schema_id), schema)
         self.producer = Producer(
             {
                 **kafka.common(),
@@ -72,15 +75,12 @@ class Commands:
             }
         )
         self._stop = threading.Event()
-        # the first serialization looks the schema up in the registry: done here, not on the event loop
-        self._serialize("ConfirmAccountCreation", {"id": bytes(16), "username": "warm-up"})
         self._poller = threading.Thread(target=self._poll, name="endpoint-producer", daemon=True)
         self._poller.start()
 
     def _serialize(self, name: str, record: dict[str, Any]) -> bytes:
-        value = self._serializers[name](record, SerializationContext(self.topic, MessageField.VALUE))
-        assert value is not None
-        return value
+        header, schema = self._writers[name]
+        return write_framed(header, schema, record)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -165,7 +165,8 @@ class Answers:
         if missing:
             self.consumer.close()
             raise NotYet(f"topics {', '.join(missing)} (run `command-handler sync`, or the handler with --sync)")
-        self.decode = AvroDeserializer(registry.client)
+        self.registry = registry
+        self._schemas: dict[int, Any] = {}  # writer schema id -> parsed (used on the consumer's thread only)
         self.handle = handle
         self.failure: str | None = None  # why the last batch could not be handled, while it cannot
         self._stop = threading.Event()
@@ -177,9 +178,23 @@ class Answers:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def decode(self, value: bytes | None) -> Any:
+        """A framed record read with its writer schema (asked of the registry once per id), as AvroDeserializer
+        without a reader schema reads it; ValueError for a value that is not Confluent-framed Avro."""
+        schema_id = framed_schema_id(value)
+        if value is None or schema_id is None:
+            raise ValueError("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)")
+        schema = self._schemas.get(schema_id)
+        if schema is None:
+            schema = parse_schema(json.loads(self.registry.client.get_schema(schema_id).schema_str or ""))
+            if len(self._schemas) >= MAX_READ_SCHEMAS:
+                self._schemas.clear()
+            self._schemas[schema_id] = schema
+        return read_framed(value, schema)
+
     def _event(self, msg: Message) -> Event | None:
         topic = msg.topic()
-        value = self.decode(msg.value(), SerializationContext(str(topic), MessageField.VALUE))
+        value = self.decode(msg.value())
         if not isinstance(value, dict):
             return None
         if topic == self.bc:

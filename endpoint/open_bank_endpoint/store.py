@@ -63,12 +63,14 @@ def upgrade(db: DatabaseSettings) -> None:
     command.upgrade(config, "head")
 
 
-def make_engine(db: DatabaseSettings) -> Engine:
+def make_engine(db: DatabaseSettings, pool_size: int = 8, pre_ping: bool = True) -> Engine:
+    """``pre_ping``: a connection is tried before each use (a query of a person is not failed by a connection
+    the database dropped); off for the writer, whose failed batch is retried anyway."""
     engine = create_engine(
         db.url(),
-        pool_size=8,
-        max_overflow=4,
-        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
+        pool_pre_ping=pre_ping,
         connect_args={"connect_timeout": 5, "application_name": "graphql-endpoint"},
     )
     event.listen(engine, "connect", binary_arrays)
@@ -76,9 +78,16 @@ def make_engine(db: DatabaseSettings) -> Engine:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, writer: Engine | None = None) -> None:
+        """``writer``: the engine ``add_changes`` uses (default ``engine``), autocommitted."""
         self.engine = engine
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # the same pool
+        self._writer = writer
+        self._autocommit = (writer or engine).execution_options(isolation_level="AUTOCOMMIT")  # its own pool
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._writer is not None:
+            self._writer.dispose()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
