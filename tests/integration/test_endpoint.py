@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from sqlalchemy import create_engine, text
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -228,6 +229,36 @@ def test_a_deposit_is_answered_stored_and_streamed(endpoint: EndpointProcess, so
     last = endpoint.graphql(f"{{all_last_transactions {FIELDS}}}")["data"]["all_last_transactions"]
     assert streamed in last
     assert endpoint.graphql("{transaction_by_id(id: -1) {id}}")["data"]["transaction_by_id"] is None
+
+
+def test_records_it_cannot_read_are_skipped_and_the_next_are_stored(
+    world: World, endpoint: EndpointProcess, socket: Socket
+) -> None:
+    settings = world.settings
+    producer = Producer(settings.kafka.common())
+    unknown_id = (0).to_bytes(1, "big") + (987_654).to_bytes(4, "big") + b"\x00"  # framed, an id nobody has
+    for value in (b"not avro at all", unknown_id):
+        producer.produce(settings.topics.balance_changed, key=b"someone", value=value)
+    assert producer.flush(10) == 0
+    name = user()
+    mine = account(socket, name)
+    stream = socket.start(
+        f"subscription ($iban: String) {{stream_transactions(iban: $iban) {FIELDS}}}", {"iban": mine["iban"]}
+    )
+    socket.ask("{all_last_transactions {id}}")  # answered after the subscription was registered
+    assert transfer(socket, name, "cash", 500, "cash", mine["iban"], "after garbage")["success"] is True
+    streamed = socket.next(stream, "data")["payload"]["data"]["stream_transactions"]
+    assert (streamed["descr"], streamed["new_balance"]) == ("after garbage", "€5,00")
+    deadline = time.monotonic() + 30  # the two may sit in another partition than the deposit's: read later
+    while True:
+        lines = endpoint.output().splitlines()
+        skipped = [line for line in lines if "skipped " + settings.topics.balance_changed in line]
+        if len(skipped) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(skipped) == 2, endpoint.output()[-3000:]
+    assert "not Confluent-framed" in skipped[0]
+    assert endpoint.health("live")[0] == 200
 
 
 def test_refused_transfers_answer_the_handlers_reasons(socket: Socket) -> None:
