@@ -281,7 +281,7 @@ class AvroCodec:
         try:
             registered = self.client.lookup_schema(subject, Schema(schema_str, "AVRO"))
         except Exception as err:
-            if _is_registry_error(err) and not _refused(err):
+            if _is_registry_error(err) and not refused_by_registry(err):
                 raise RegistryUnavailable(f"looking up {subject}: {type(err).__name__}: {err}") from err
             raise
         schema_id = int(registered.schema_id)  # type: ignore[arg-type]
@@ -304,7 +304,7 @@ class AvroCodec:
         return messages
 
 
-def _refused(err: BaseException) -> bool:
+def refused_by_registry(err: BaseException) -> bool:
     """A registry answer that waiting will not change (a 4xx other than auth, time-out, rate limit)."""
     if not isinstance(err, SchemaRegistryError):
         return False

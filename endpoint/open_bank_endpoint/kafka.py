@@ -6,16 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from fastavro import parse_schema
 
-from command_handler.adapters.avro_codec import frame_header, framed_schema_id, read_framed, write_framed
+from command_handler.adapters.avro_codec import (
+    frame_header,
+    framed_schema_id,
+    read_framed,
+    refused_by_registry,
+    write_framed,
+)
 from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.topology import load_topology
 from open_bank_endpoint.config import EndpointSettings
@@ -54,7 +60,6 @@ class Commands:
     def __init__(self, settings: EndpointSettings, registry: SchemaRegistry) -> None:
         kafka = settings.handler.kafka
         self.topic = settings.handler.topics.commands
-        self.registry = registry
         records = load_topology(settings.handler.topics.by_env()).records
         self._writers: dict[str, tuple[bytes, Any]] = {}  # record name -> (frame header, parsed schema)
         for name in COMMANDS:
@@ -134,9 +139,55 @@ class Commands:
 Event = AccountAnswer | TransferAnswer | Change
 
 
+class Unreadable(Exception):
+    """A record that can never be read (not Confluent-framed Avro, a schema id the registry refuses, a body
+    that does not decode): it is skipped."""
+
+
+class RegistryDown(Exception):
+    """The registry did not answer for a schema id not seen yet: the record is read again later."""
+
+
+class FramedRecords:
+    """Records in the Confluent framing, read with their writer schemas (asked of the registry once per id and
+    parsed once), as AvroDeserializer without a reader schema reads them."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._schemas: dict[int, Any] = {}  # writer schema id -> parsed
+
+    def read(self, value: bytes | None) -> Any:
+        """The record, or None for a tombstone; Unreadable or RegistryDown."""
+        if value is None:
+            return None
+        schema_id = framed_schema_id(value)
+        if schema_id is None:
+            raise Unreadable("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)")
+        schema = self._schemas.get(schema_id)
+        if schema is None:
+            try:
+                text = self.client.get_schema(schema_id).schema_str or ""
+            except Exception as err:
+                if refused_by_registry(err):
+                    raise Unreadable(f"schema id {schema_id}: {err}") from err
+                raise RegistryDown(f"schema id {schema_id}: {type(err).__name__}: {err}") from err
+            try:
+                schema = parse_schema(json.loads(text))
+            except Exception as err:
+                raise Unreadable(f"schema id {schema_id} is not an Avro schema: {err}") from err
+            if len(self._schemas) >= MAX_READ_SCHEMAS:
+                self._schemas.clear()
+            self._schemas[schema_id] = schema
+        try:
+            return read_framed(value, schema)
+        except Exception as err:
+            raise Unreadable(f"cannot decode with schema id {schema_id}: {type(err).__name__}: {err}") from err
+
+
 class Answers:
     """The consumer of the feedback topics and balance_changed: decoded events handed to ``handle`` in batches
-    (on its own thread); offsets committed after ``handle`` returned."""
+    (on its own thread). Offsets go to librdkafka's offset store once ``handle`` returned, and librdkafka commits
+    what is stored every COMMIT_EVERY_S and on close: a batch not handled is never committed."""
 
     def __init__(
         self, settings: EndpointSettings, registry: SchemaRegistry, handle: Callable[[list[Event]], None]
@@ -155,7 +206,9 @@ class Answers:
                 "client.id": settings.client_id,
                 "group.id": settings.group_id,
                 "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": int(COMMIT_EVERY_S * 1000),
+                "enable.auto.offset.store": False,
                 "session.timeout.ms": kafka.session_timeout_ms,
                 "fetch.wait.max.ms": min(kafka.fetch_wait_max_ms, 100),
             }
@@ -165,8 +218,7 @@ class Answers:
         if missing:
             self.consumer.close()
             raise NotYet(f"topics {', '.join(missing)} (run `command-handler sync`, or the handler with --sync)")
-        self.registry = registry
-        self._schemas: dict[int, Any] = {}  # writer schema id -> parsed (used on the consumer's thread only)
+        self.records = FramedRecords(registry.client)  # used on the consumer's thread only
         self.handle = handle
         self.failure: str | None = None  # why the last batch could not be handled, while it cannot
         self._stop = threading.Event()
@@ -178,85 +230,74 @@ class Answers:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def decode(self, value: bytes | None) -> Any:
-        """A framed record read with its writer schema (asked of the registry once per id), as AvroDeserializer
-        without a reader schema reads it; ValueError for a value that is not Confluent-framed Avro."""
-        schema_id = framed_schema_id(value)
-        if value is None or schema_id is None:
-            raise ValueError("not Confluent-framed Avro (no magic byte 0 and 4-byte schema id)")
-        schema = self._schemas.get(schema_id)
-        if schema is None:
-            schema = parse_schema(json.loads(self.registry.client.get_schema(schema_id).schema_str or ""))
-            if len(self._schemas) >= MAX_READ_SCHEMAS:
-                self._schemas.clear()
-            self._schemas[schema_id] = schema
-        return read_framed(value, schema)
-
     def _event(self, msg: Message) -> Event | None:
         topic = msg.topic()
-        value = self.decode(msg.value())
+        value = self.records.read(msg.value())
         if not isinstance(value, dict):
             return None
-        if topic == self.bc:
-            return Change(
-                value["iban"], value["new_balance"], value["changed_by"], value["from_to"], value["description"]
-            )
-        command_id = uuid.UUID(bytes=bytes(value["id"]))
+        try:
+            if topic == self.bc:
+                return Change(
+                    value["iban"], value["new_balance"], value["changed_by"], value["from_to"], value["description"]
+                )
+            command_id = uuid.UUID(bytes=bytes(value["id"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise Unreadable(f"not a record of {topic}: {type(err).__name__}: {err}") from err
         if topic == self.acf:
             return AccountAnswer(command_id, value.get("iban"), value.get("token"), value.get("reason"))
         return TransferAnswer(command_id, value.get("reason"))
 
+    def _until_handled(self, what: str, attempt: Callable[[], Any]) -> tuple[bool, Any]:
+        """Call ``attempt`` until it succeeds (True, its result) or the consumer stops (False, None); while it
+        fails (the database or the registry away) the batch is kept and ``failure`` says why."""
+        while not self._stop.is_set():
+            try:
+                result = attempt()
+                self.failure = None
+                return True, result
+            except Exception as err:
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+                self.failure = f"could not {what}: {reason}"
+                log.warning("%s, retrying in 1 s", self.failure)
+                self._stop.wait(1)
+        return False, None
+
+    def _read(self, msg: Message) -> Event | None:
+        try:
+            return self._event(msg)
+        except RegistryDown:
+            raise
+        except Exception as err:  # never a stuck consumer for a record that can never be read
+            log.warning("skipped %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err)
+            return None
+
     def _run(self) -> None:
-        committed_at = time.monotonic()
-        uncommitted = False
         while not self._stop.is_set():
             # consume() waits its whole timeout unless the batch fills: wait for one, then take what is there
             first = self.consumer.poll(0.1)
             messages = [] if first is None else [first, *self.consumer.consume(499, timeout=0)]
             events: list[Event] = []
+            positions: dict[tuple[str, int], int] = {}
             for msg in messages:
                 if msg.error() is not None:
                     log.warning("consumer: %s", msg.error())
                     continue
-                try:
-                    event = self._event(msg)
-                except Exception as err:  # a record it cannot read is skipped, never a stuck consumer
-                    log.warning(
-                        "skipped %s[%s]@%s: %s: %s", msg.topic(), msg.partition(), msg.offset(), type(err).__name__, err
-                    )
-                    continue
+                read, event = self._until_handled(f"read {msg.topic()}[{msg.partition()}]", partial(self._read, msg))
+                if not read:
+                    return  # stopping: nothing of this batch is stored, so nothing of it is committed
                 if event is not None:
                     events.append(event)
-            if not events and not messages:
-                if uncommitted and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-                    committed_at, uncommitted = self._commit(), False
+                positions[(str(msg.topic()), msg.partition() or 0)] = (msg.offset() or 0) + 1
+            if not positions:
                 continue
-            while not self._stop.is_set():
-                try:
-                    self.handle(events)
-                    self.failure = None
-                    break
-                except Exception as err:  # the database away: wait, and keep the batch
-                    self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
-                    log.warning("could not store %d events, retrying in 1 s: %s", len(events), self.failure)
-                    self._stop.wait(1)
-            uncommitted = uncommitted or bool(messages)
-            if uncommitted and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-                committed_at, uncommitted = self._commit(), False
-
-    def _commit(self) -> float:
-        """Commit the positions of what was handled (at most every COMMIT_EVERY_S, not once per batch)."""
-        try:
-            self.consumer.commit(asynchronous=True)
-        except KafkaException as err:
-            log.warning("commit: %s", err)
-        return time.monotonic()
+            if events and not self._until_handled(f"store {len(events)} events", partial(self.handle, events))[0]:
+                return
+            try:
+                self.consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()])
+            except KafkaException as err:  # partitions taken away meanwhile: theirs are read again elsewhere
+                log.info("offsets not stored: %s", err)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        try:
-            self.consumer.commit(asynchronous=False)  # the positions of what was handled
-        except KafkaException as err:  # nothing consumed since the last commit
-            log.debug("last commit: %s", err)
-        self.consumer.close()
+        self.consumer.close()  # commits what is stored: the positions of what was handled
