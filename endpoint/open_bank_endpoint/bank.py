@@ -117,7 +117,7 @@ class Bank:
         db = self.settings.database
         try:
             # the consumer's thread alone writes: one connection, not tried before each batch
-            store = Store(make_engine(db), writer=make_engine(db, pool_size=1, pre_ping=False))
+            store = Store(make_engine(db), writer=make_engine(db, pool_size=1, pre_ping=False, role="writer"))
             self._until(f"database {db.display()}", store.ping)
             if self.migrate:
                 self._until("database migration", lambda: upgrade(db))
@@ -151,17 +151,17 @@ class Bank:
     def health(self) -> dict[str, Any]:
         consumer = "stopped" if self.answers is not None and not self.answers.alive else None
         failure = self.answers.failure if self.answers is not None else None
-        waiting = self.waiting_for or consumer or (f"the database: {failure}" if failure else "")
+        waiting = self.waiting_for or consumer or failure or ""
         return {"live": consumer is None, "ready": not waiting, "waiting_for": waiting or None}
 
     def _handle(self, events: list[Event]) -> None:
         """On the consumer's thread: store the changes, drop the accounts whose creation failed, then publish."""
         assert self.store is not None and self.loop is not None
-        changes = [e for e in events if isinstance(e, Change)]
-        rows = iter(self.store.add_changes(changes))
+        # the removals first: a batch retried after its rows went in would store and stream them twice
         for event in events:
             if isinstance(event, AccountAnswer) and event.reason is not None:
                 self.store.remove_account(event.command_id)
+        rows = iter(self.store.add_changes([e for e in events if isinstance(e, Change)]))
         items = [(e, next(rows) if isinstance(e, Change) else None) for e in events]
         self.loop.call_soon_threadsafe(self.hub.publish, items)
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
-        loop="uvloop",
+        loop="auto",  # uvloop, where it is installed (a dependency but on Windows)
         ws="websockets-sansio",
         # the frames are small JSON documents: compressing them costs CPU on both ends and saves nothing
         ws_per_message_deflate=False,
