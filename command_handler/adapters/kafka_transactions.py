@@ -17,8 +17,9 @@ outcomes make the retry identical.
 * ``stopping`` ends every wait within a fraction of a second (nothing of the batch is committed then,
   or it was committed whole).
 
-Errors are translated: ``Unavailable`` (again later), ``Fenced`` (fatal: another producer took over, or
-the producer's state is lost), ``OutputRefused`` (fatal: an output that nothing can replace).
+Errors are translated: ``Unavailable`` (again later; also after a fatal librdkafka error, which replaces
+the producer: its transactional.id is this process's own, so nothing else fences it), ``OutputRefused``
+(fatal: an output that nothing can replace).
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ class TransactionalOutput:
         started = time.monotonic()
         try:
             self._send(deliveries, group_metadata)
+        except Fenced as err:
+            # The transactional.id is this process's own (a uuid): no other live producer fences it, so a fatal
+            # error means this producer's state is lost (seen after a freeze: messages timed out, then the broker
+            # refused to end the transaction, INVALID_TXN_STATE). A fatal error is the broker's refusal, never a
+            # commit that may have gone through (those time out, retriable, and are called again), so nothing of
+            # the batch was committed: a new producer with the same id fences this one and aborts its open
+            # transaction, and the batch goes again whole.
+            self._replace(f"the transactional producer failed for good ({err})")
+            raise Unavailable(f"transaction: {err}; the producer was replaced") from err
         except Unavailable:
             now = time.monotonic()
             self._failing_since = self._failing_since or now
@@ -130,7 +140,10 @@ class TransactionalOutput:
         return None  # raised from send instead
 
     def close(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)
+        try:
+            self._producer.flush(timeout_s)
+        except KafkaException as err:  # a producer failed for good has nothing left to flush
+            log.warning("closing the transactional producer: %s", err.args[0].str())
 
     # -- one attempt ----------------------------------------------------------------------------------
 

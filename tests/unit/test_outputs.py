@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from command_handler.adapters.kafka_producer import AcknowledgedOutput
 from command_handler.adapters.kafka_transactions import TransactionalOutput
 from command_handler.domain.model import OutMessage
-from command_handler.errors import Fenced, OutputRefused, Unavailable
+from command_handler.errors import OutputRefused, Unavailable
 from command_handler.service_layer.commands import CommandService
 from command_handler.service_layer.delivery import Delivery, Pipeline
 
@@ -300,15 +300,35 @@ def test_an_output_the_broker_refused_is_replaced_when_the_offsets_then_fail() -
     assert len(producer.keys) == 2 and len(producer.keys[1]) < len(producer.keys[0])  # the retry: key cut
 
 
-def test_a_fatal_error_on_the_offsets_fences_the_producer() -> None:
-    producer = FakeTransactionalProducer()
-    producer.refuse_offsets = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
-    output = transactional(producer)
+def test_a_fatal_error_replaces_the_producer_and_the_batch_goes_again_whole() -> None:
+    # the campaign's frozen handler: its transaction's messages timed out, then the broker refused to end the
+    # transaction (INVALID_TXN_STATE, fatal); the handler used to stop, with a traceback from close()
+    broken, fresh = FakeTransactionalProducer(), FakeTransactionalProducer()
+    broken.refuse_offsets = KafkaError(KafkaError.INVALID_TXN_STATE, "invalid transaction state", fatal=True)
+    made = iter([broken, fresh])
+    output = TransactionalOutput(
+        {}, pipeline().replacement, Telemetry(), threading.Event(), make_producer=lambda conf: next(made)
+    )
+    batch = [answer(0, 0), answer(0, 1)]
     try:
-        output.send([answer(0, 0)], lambda: "metadata")
-        raise AssertionError("a fatal error must fence")
-    except Fenced:
+        output.send(batch, lambda: "metadata")
+        raise AssertionError("a fatal error is retried with a new producer, not swallowed")
+    except Unavailable:
         pass
+    assert broken.offsets == [] and "commit" not in broken.calls  # nothing of it was committed
+    assert output.send(batch, lambda: "metadata") == ()
+    assert fresh.calls == ["init", "begin", "produce", "produce", "offsets", "commit"]
+    assert fresh.offsets == [{("commands", 0): 2}]
+
+
+def test_closing_a_producer_that_failed_for_good_does_not_raise() -> None:
+    producer = FakeTransactionalProducer()
+
+    def failed_flush(timeout: float) -> int:
+        raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "invalid transaction state", fatal=True))
+
+    producer.flush = failed_flush  # type: ignore[method-assign]
+    transactional(producer).close(2.0)
 
 
 def test_a_refused_output_is_replaced_and_the_transaction_retried_with_the_replacement() -> None:
