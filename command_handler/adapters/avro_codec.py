@@ -98,7 +98,7 @@ _RECORDS: dict[type, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-def _parse(schema_str: str) -> Any:
+def parse_schema_text(schema_str: str) -> Any:
     """fastavro's parsed form of a schema text (parsed once; the result is cached by the caller)."""
     return parse_schema(json.loads(schema_str))
 
@@ -190,7 +190,7 @@ class AvroCodec:
         # our reader schemas of the command records, by full name: parsed, and their canonical form
         self._reader_schemas: dict[str, tuple[Any, str]] = {}
         for name in COMMAND_RECORDS:
-            parsed = _parse(records[name].schema_str)
+            parsed = parse_schema_text(records[name].schema_str)
             self._reader_schemas[records[name].full_name] = (parsed, _canonical(parsed))
         self._readers: dict[int, _Reader] = {}
         self._lock = threading.Lock()
@@ -285,7 +285,7 @@ class AvroCodec:
                 raise RegistryUnavailable(f"looking up {subject}: {type(err).__name__}: {err}") from err
             raise
         schema_id = int(registered.schema_id)  # type: ignore[arg-type]
-        found = _Writer(frame_header(schema_id), _parse(schema_str))
+        found = _Writer(frame_header(schema_id), parse_schema_text(schema_str))
         with self._lock:
             self._writers[kind] = found
         return found

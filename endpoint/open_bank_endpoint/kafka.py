@@ -3,7 +3,6 @@ up), feedback and BalanceChanged in (one consumer thread of its own group over t
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -13,11 +12,11 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from fastavro import parse_schema
 
 from command_handler.adapters.avro_codec import (
     frame_header,
     framed_schema_id,
+    parse_schema_text,
     read_framed,
     refused_by_registry,
     write_framed,
@@ -67,7 +66,7 @@ class Commands:
             registered = registry.resolve(subject, records[name].schema_str)
             if registered is None:
                 raise NotYet(f"subject {subject} (run `command-handler sync`, or the handler with --sync)")
-            schema = parse_schema(json.loads(registered.schema_str))
+            schema = parse_schema_text(registered.schema_str)
             self._writers[name] = (frame_header(registered.schema_id), schema)
         self.producer = Producer(
             {
@@ -172,7 +171,7 @@ class FramedRecords:
                     raise Unreadable(f"schema id {schema_id}: {err}") from err
                 raise RegistryDown(f"schema id {schema_id}: {type(err).__name__}: {err}") from err
             try:
-                schema = parse_schema(json.loads(text))
+                schema = parse_schema_text(text)
             except Exception as err:
                 raise Unreadable(f"schema id {schema_id} is not an Avro schema: {err}") from err
             if len(self._schemas) >= MAX_READ_SCHEMAS:
