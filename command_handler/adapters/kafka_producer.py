@@ -14,6 +14,7 @@ there is nothing (a dead letter was refused) the output is fatal: the handler st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 Replacement = Callable[[Delivery, str], Delivery | None]
 
 # the broker refused a message for good because of what it is: written differently instead
+# deliveries the producer thread takes from its queue before it serves delivery reports
+DRAIN_AT_ONCE = 500
 REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
@@ -50,9 +53,12 @@ def produce_waiting(
     produce loop of both output adapters."""
     while True:
         try:
-            producer.produce(
-                message.topic, message.value, message.key, headers=list(message.headers), on_delivery=on_delivery
-            )
+            if message.headers:
+                producer.produce(
+                    message.topic, message.value, message.key, headers=list(message.headers), on_delivery=on_delivery
+                )
+            else:  # most outputs: no header list to build and convert
+                producer.produce(message.topic, message.value, message.key, on_delivery=on_delivery)
             return True
         except BufferError:
             if give_up():
@@ -192,7 +198,14 @@ class AcknowledgedOutput:
                     if self._closing.is_set():
                         break
                     continue
-                self._produce(entry)
+                # what else is queued goes out with it, and the delivery reports are served once for all of
+                # them: a poll per delivery cost this thread more CPU than its produce calls
+                entries = [entry]
+                with contextlib.suppress(queue.Empty):
+                    while len(entries) < DRAIN_AT_ONCE:
+                        entries.append(self._queue.get_nowait())
+                for entry in entries:
+                    self._produce(entry)
                 self._producer.poll(0)
             left = self._producer.flush(max(self._close_by - time.monotonic(), 0))
             if left:

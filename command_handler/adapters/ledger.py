@@ -14,9 +14,8 @@ therefore queue behind each other instead of deadlocking.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Literal
 from uuid import UUID
 
 from sqlalchemy import Connection, TextClause, text
@@ -37,13 +36,19 @@ from command_handler.service_layer.ports import CreationOutcomes, TransferOutcom
 # The statements, built once (a text() clause parses its SQL for bind parameters when it is made). Every
 # parameter is an array cast to its column type: the engine sends lists as binary arrays
 # (database.binary_arrays), the cheapest way psycopg has to pass them; without that they go as text arrays.
-_CLAIM = {
-    table: text(
-        f"INSERT INTO {table} (uuid) SELECT u FROM unnest(CAST(:ids AS uuid[])) AS u ORDER BY u "
-        "ON CONFLICT (uuid) DO NOTHING RETURNING uuid"
-    )
-    for table in ("cac", "cmt")
-}
+_CLAIM_CREATIONS = text(
+    "INSERT INTO cac (uuid) SELECT u FROM unnest(CAST(:ids AS uuid[])) AS u ORDER BY u "
+    "ON CONFLICT (uuid) DO NOTHING RETURNING uuid"
+)
+# a transfer's row is written with its source at the claim, and only a failure's reason is written later:
+# updating the row just inserted (every transfer's, as before) cost PostgreSQL about as much as the rest
+# of the batch's writes together
+_CLAIM_TRANSFERS = text(
+    "INSERT INTO cmt (uuid, source_topic, source_partition, source_offset) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:topics AS text[]), CAST(:partitions AS int[]), "
+    "CAST(:offsets AS bigint[])) AS u(uuid, topic, partition, offset_) ORDER BY uuid "
+    "ON CONFLICT (uuid) DO NOTHING RETURNING uuid"
+)
 _CREATION_OUTCOMES = text("SELECT uuid, iban, token, reason FROM cac WHERE uuid = ANY(CAST(:ids AS uuid[]))")
 _TRANSFER_OUTCOMES = text(
     "SELECT uuid, reason, source_topic, source_partition, source_offset FROM cmt WHERE uuid = ANY(CAST(:ids AS uuid[]))"
@@ -74,12 +79,9 @@ _WRITES = {
         "CAST(:c_tokens AS text[]), CAST(:c_reasons AS text[])) AS u(uuid, username, iban, token, reason) "
         "WHERE c.uuid = u.uuid"
     ),
-    "transfers": (
-        "UPDATE cmt AS c SET reason = u.reason, source_topic = u.src_topic, "
-        "source_partition = u.src_partition, source_offset = u.src_offset "
-        "FROM unnest(CAST(:t_ids AS uuid[]), CAST(:t_reasons AS text[]), CAST(:t_topics AS text[]), "
-        "CAST(:t_partitions AS int[]), CAST(:t_offsets AS bigint[])) "
-        "AS u(uuid, reason, src_topic, src_partition, src_offset) "
+    "failures": (
+        "UPDATE cmt AS c SET reason = u.reason "
+        "FROM unnest(CAST(:t_ids AS uuid[]), CAST(:t_reasons AS text[])) AS u(uuid, reason) "
         "WHERE c.uuid = u.uuid"
     ),
     "events": (
@@ -103,24 +105,27 @@ class PostgresLedger:
 
     # -- idempotency claims -----------------------------------------------------
 
+    # Each claim inserts a row for each id not handled before and returns the ids claimed now. An id that
+    # another transaction has claimed but not committed makes it wait for that transaction: then it is
+    # either handled (not returned) or rolled back (claimed here).
+
     def claim_creations(self, ids: Iterable[UUID]) -> set[UUID]:
-        return self._claim("cac", ids)
-
-    def claim_transfers(self, ids: Iterable[UUID]) -> set[UUID]:
-        return self._claim("cmt", ids)
-
-    def _claim(self, table: Literal["cac", "cmt"], ids: Iterable[UUID]) -> set[UUID]:
-        """Insert a row for each id not handled before; return the ids claimed now.
-
-        An id that another transaction has claimed but not committed makes this
-        wait for that transaction: then it is either handled (not returned) or
-        rolled back (claimed here).
-        """
         ordered = sorted(set(ids))
         if not ordered:
             return set()
-        rows = self.conn.execute(_CLAIM[table], {"ids": ordered})
-        return {r[0] for r in rows}
+        return {r[0] for r in self.conn.execute(_CLAIM_CREATIONS, {"ids": ordered})}
+
+    def claim_transfers(self, claims: Mapping[UUID, Source | None]) -> set[UUID]:
+        if not claims:
+            return set()
+        sources = list(claims.values())
+        params = {
+            "ids": list(claims),
+            "topics": [s.topic if s else None for s in sources],
+            "partitions": [s.partition if s else None for s in sources],
+            "offsets": [s.offset if s else None for s in sources],
+        }
+        return {r[0] for r in self.conn.execute(_CLAIM_TRANSFERS, params)}
 
     def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
         ids = list(ids)
@@ -170,15 +175,10 @@ class PostgresLedger:
             parts["creations"] = {
                 name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)
             }
-        if transfers:
-            parts["transfers"] = {
-                "t_ids": [i for i, _, _ in transfers],
-                "t_reasons": [o.reason for _, o, _ in transfers],
-                "t_topics": [s.topic if s else None for _, _, s in transfers],
-                "t_partitions": [s.partition if s else None for _, _, s in transfers],
-                "t_offsets": [s.offset if s else None for _, _, s in transfers],
-            }
-        events = [(i, seq, e) for i, o, _ in transfers for seq, e in enumerate(o.events)]
+        failures = [(i, o.reason) for i, o in transfers if o.reason is not None]
+        if failures:
+            parts["failures"] = {"t_ids": [i for i, _ in failures], "t_reasons": [r for _, r in failures]}
+        events = [(i, seq, e) for i, o in transfers for seq, e in enumerate(o.events)]
         if events:
             parts["events"] = {
                 "e_ids": [i for i, _, _ in events],

@@ -96,11 +96,16 @@ class CommandService:
     def _apply(self, ledger: Ledger, commands: Sequence[Command], sources: Sequence[Source | None]) -> list[Outcome]:
         creations = [c for c in commands if isinstance(c, ConfirmAccountCreation)]
         transfers = [c for c in commands if isinstance(c, ConfirmMoneyTransfer)]
+        # the record each transfer id is handled from: its first in the batch (a second is a replay)
+        claims: dict[UUID, Source | None] = {}
+        for c, s in zip(commands, sources, strict=True):
+            if isinstance(c, ConfirmMoneyTransfer):
+                claims.setdefault(c.id, s)
         # Locks in the ledger's global order: creation claims, transfer claims, accounts.
         new_creations = ledger.claim_creations(c.id for c in creations)
-        new_transfers = ledger.claim_transfers(c.id for c in transfers)
+        new_transfers = ledger.claim_transfers(claims)
         known_creations = ledger.creation_outcomes({c.id for c in creations} - new_creations)
-        known_transfers = ledger.transfer_outcomes({c.id for c in transfers} - new_transfers)
+        known_transfers = ledger.transfer_outcomes(claims.keys() - new_transfers)
         # a redelivered record's events go out again with their accounts' balances as they are now
         resent = {
             e.iban
@@ -117,7 +122,7 @@ class CommandService:
 
         changed: dict[str, Account] = {}
         created: list[tuple[ConfirmAccountCreation, Outcome]] = []
-        transferred: list[tuple[UUID, Outcome, Source | None]] = []
+        transferred: list[tuple[UUID, Outcome]] = []
         seen: dict[tuple[type, UUID], tuple[Outcome, Source | None]] = {}
         results: list[Outcome] = []
         for command, source in zip(commands, sources, strict=True):
@@ -132,7 +137,7 @@ class CommandService:
                 outcome, first, replay = rules.decide_transfer(command, accounts), source, False
                 for event in outcome.events:
                     changed[event.iban] = accounts[event.iban]
-                transferred.append((command.id, outcome, source))
+                transferred.append((command.id, outcome))
             elif isinstance(command, ConfirmAccountCreation):
                 outcome, first = known_creations[command.id], None
             else:

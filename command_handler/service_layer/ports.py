@@ -11,7 +11,7 @@ exception.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -20,9 +20,9 @@ from command_handler.domain.model import ConfirmAccountCreation, Outcome, Partit
 from command_handler.domain.rules import Account
 
 # what a batch did, as Ledger.record stores it: each new account creation with its outcome, and each new
-# transfer's id with its outcome (feedback and events) and the record it was read from
+# transfer's id with its outcome (feedback and events)
 CreationOutcomes = Sequence[tuple[ConfirmAccountCreation, Outcome]]
-TransferOutcomes = Sequence[tuple[UUID, Outcome, Source | None]]
+TransferOutcomes = Sequence[tuple[UUID, Outcome]]
 
 
 @runtime_checkable
@@ -37,8 +37,10 @@ class Ledger(Protocol):
         """Claim the account creations not handled before; the ids claimed now (waits for a concurrent claim)."""
         ...
 
-    def claim_transfers(self, ids: Iterable[UUID]) -> set[UUID]:
-        """Claim the transfers not handled before; the ids claimed now (waits for a concurrent claim)."""
+    def claim_transfers(self, claims: Mapping[UUID, Source | None]) -> set[UUID]:
+        """Claim the transfers not handled before, each with the record it is handled from now (None when
+        that is not known; stored with the claim, so that a transfer's row is written once); the ids
+        claimed now (waits for a concurrent claim)."""
         ...
 
     def creation_outcomes(self, ids: Iterable[UUID]) -> dict[UUID, Outcome]:
@@ -60,7 +62,7 @@ class Ledger(Protocol):
 
     def record(self, accounts: Sequence[Account], creations: CreationOutcomes, transfers: TransferOutcomes) -> None:
         """Store what the batch did: the new amounts of these accounts, and the outcomes of the account
-        creations and transfers claimed in this transaction (a transfer's with its events and source)."""
+        creations and transfers claimed in this transaction (a transfer's with its events)."""
         ...
 
 

@@ -10,7 +10,7 @@ refuses a value it cannot store).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from uuid import UUID
@@ -47,8 +47,11 @@ class InMemoryLedger:
     def claim_creations(self, ids: Iterable[UUID]) -> set[UUID]:
         return self._claim(self.state.creations, ids)
 
-    def claim_transfers(self, ids: Iterable[UUID]) -> set[UUID]:
-        return self._claim(self.state.transfers, ids)
+    def claim_transfers(self, claims: Mapping[UUID, Source | None]) -> set[UUID]:
+        new = self._claim(self.state.transfers, claims)
+        for i in new:
+            self.state.sources[i] = claims[i]
+        return new
 
     def _claim(self, table: dict[UUID, Outcome | None], ids: Iterable[UUID]) -> set[UUID]:
         ids = set(ids)
@@ -81,10 +84,9 @@ class InMemoryLedger:
             assert self.state.creations[command.id] is None, "recorded only once, after its claim"
             self.state.creations[command.id] = outcome
             self.state.usernames[command.id] = command.username
-        for command_id, outcome, source in transfers:
+        for command_id, outcome in transfers:
             assert self.state.transfers[command_id] is None, "recorded only once, after its claim"
             self.state.transfers[command_id] = outcome
-            self.state.sources[command_id] = source
 
 
 class InMemoryBank:

@@ -6,7 +6,7 @@
    commands per second handled end to end (first send to last answer), answer
    latency percentiles, the handler's CPU and peak RSS.
 3. pgbench on the same Postgres with a transaction script equivalent to one
-   transfer (claim the cmt row, lock both accounts in IBAN order, debit, credit,
+   transfer (claim the cmt row with its source, lock both accounts in IBAN order, debit, credit,
    store the two BalanceChanged rows; READ COMMITTED like the handler) and as
    many connections as the handler uses for its transactions (one worker).
 4. The ratio handler / pgbench.
@@ -48,7 +48,8 @@ HANDLER_CONNECTIONS = 1  # the handler's consumer loop runs one transaction at a
 PGBENCH_SCRIPT = """\\set a random(:first, :last)
 \\set b random(:first, :last)
 BEGIN;
-INSERT INTO cmt (uuid) VALUES (gen_random_uuid()) RETURNING uuid AS claimed \\gset
+INSERT INTO cmt (uuid, source_topic, source_partition, source_offset) VALUES (gen_random_uuid(), 'pgbench', 0, 0)
+RETURNING uuid AS claimed \\gset
 SELECT amount, token, lmt FROM balance WHERE balance_id IN (:a, :b) ORDER BY iban FOR UPDATE;
 UPDATE balance SET amount = amount - 100 WHERE balance_id = :a;
 UPDATE balance SET amount = amount + 100 WHERE balance_id = :b;
