@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 
 Replacement = Callable[[Delivery, str], Delivery | None]
 
+# deliveries the producer thread takes from its queue before it serves delivery reports (at most this many
+# are out of the queue and not yet produced: ``queued`` does not count them)
+DRAIN_AT_ONCE = 100
 # the broker refused a message for good because of what it is: written differently instead
-# deliveries the producer thread takes from its queue before it serves delivery reports
-DRAIN_AT_ONCE = 500
 REFUSED_FOR_SIZE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
@@ -174,6 +175,7 @@ class AcknowledgedOutput:
         return now - oldest
 
     def queued(self) -> int:
+        """Deliveries waiting in the queue (not those the producer thread took and is producing)."""
         return self._queue.qsize()
 
     def fatal(self) -> str | None:

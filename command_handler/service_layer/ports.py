@@ -39,7 +39,7 @@ class Ledger(Protocol):
 
     def claim_transfers(self, claims: Mapping[UUID, Source | None]) -> set[UUID]:
         """Claim the transfers not handled before, each with the record it is handled from now (None when
-        that is not known; stored with the claim, so that a transfer's row is written once); the ids
+        that is not known; stored with the claim, so that a confirmed transfer's row is written once); the ids
         claimed now (waits for a concurrent claim)."""
         ...
 
