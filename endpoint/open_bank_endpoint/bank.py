@@ -13,6 +13,7 @@ from typing import Any
 
 from command_handler.adapters.schema_registry import SchemaRegistry
 from open_bank_endpoint.config import EndpointSettings
+from open_bank_endpoint.errors import NotReady
 from open_bank_endpoint.kafka import AccountAnswer, Answers, Commands, Event, TransferAnswer
 from open_bank_endpoint.passwords import check_password, hash_password
 from open_bank_endpoint.store import Change, Store, make_engine, upgrade
@@ -21,10 +22,6 @@ log = logging.getLogger(__name__)
 
 INCORRECT_PASSWORD = "incorrect password"
 STREAM_BUFFER = 10_000  # transactions kept for a subscriber that reads slower than they come
-
-
-class NotReady(Exception):
-    """The endpoint still waits for a service; the message says which."""
 
 
 @dataclass(frozen=True)

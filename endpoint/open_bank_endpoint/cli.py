@@ -12,7 +12,8 @@ import uvicorn
 
 from command_handler.adapters.database import ensure_role_and_database
 from command_handler.config import ConfigError
-from open_bank_endpoint.config import EndpointConfigError, describe, load_endpoint_settings
+from open_bank_endpoint.config import describe, load_endpoint_settings
+from open_bank_endpoint.errors import EndpointConfigError
 from open_bank_endpoint.store import upgrade
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from command_handler.config import DatabaseSettings, Settings, load_settings
+from open_bank_endpoint.errors import EndpointConfigError
 from open_bank_endpoint.passwords import DEFAULT_ITERATIONS
 
 # variable -> (default, meaning), for --help
@@ -35,10 +36,6 @@ VARIABLES = {
 
 # where the reference frontend ran (its endpoint allowed these)
 REFERENCE_ORIGINS = ("http://localhost:4200", "http://localhost:8181", "http://localhost:3449")
-
-
-class EndpointConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from command_handler.adapters.avro_codec import (
 from command_handler.adapters.schema_registry import SchemaRegistry
 from command_handler.topology import load_topology
 from open_bank_endpoint.config import EndpointSettings
+from open_bank_endpoint.errors import NotYet, RegistryDown, Unreadable
 from open_bank_endpoint.store import Change
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ class AccountAnswer:
 class TransferAnswer:
     command_id: uuid.UUID
     reason: str | None  # None: confirmed
-
-
-class NotYet(Exception):
-    """Something the endpoint needs is not there yet (a topic, a subject); it keeps waiting."""
 
 
 class Commands:
@@ -136,15 +133,6 @@ class Commands:
 
 
 Event = AccountAnswer | TransferAnswer | Change
-
-
-class Unreadable(Exception):
-    """A record that can never be read (not Confluent-framed Avro, a schema id the registry refuses, a body
-    that does not decode): it is skipped."""
-
-
-class RegistryDown(Exception):
-    """The registry did not answer for a schema id not seen yet: the record is read again later."""
 
 
 class FramedRecords:

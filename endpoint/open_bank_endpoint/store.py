@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from command_handler.adapters.database import binary_arrays
 from command_handler.config import DatabaseSettings
+from open_bank_endpoint.errors import StoreUnavailable
 from open_bank_endpoint.money import euro
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ _ADD_CHANGES = text(
     + ", ".join(f"CAST(:{name} AS text[])" for name in _CHANGE_FIELDS)
     + f") WITH ORDINALITY AS c({', '.join(_CHANGE_FIELDS)}, n) ORDER BY n RETURNING id"
 )
-
-
-class StoreUnavailable(Exception):
-    """The endpoint's database failed a request. The message is what a client may read (no SQL, no
-    parameters); the cause is logged."""
 
 
 P = ParamSpec("P")

@@ -18,7 +18,8 @@ from fastavro import parse_schema
 from command_handler.adapters.avro_codec import frame_header, write_framed
 from command_handler.config import load_settings
 from command_handler.topology import load_topology
-from open_bank_endpoint.kafka import FramedRecords, RegistryDown, Unreadable
+from open_bank_endpoint.errors import RegistryDown, Unreadable
+from open_bank_endpoint.kafka import FramedRecords
 
 TOPICS = load_settings({}).topics
 RECORDS = load_topology(TOPICS.by_env()).records

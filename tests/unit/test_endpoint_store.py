@@ -10,7 +10,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine
 
-from open_bank_endpoint.store import Change, Store, StoreUnavailable
+from open_bank_endpoint.errors import StoreUnavailable
+from open_bank_endpoint.store import Change, Store
 
 
 def closed_port() -> int:
