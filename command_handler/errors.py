@@ -7,7 +7,8 @@ library.
 * ``InfrastructureError``: a dependency failed an operation. ``Conflict``: retry now. ``Unavailable``:
   retry later, with backoff, the handler not-ready meanwhile (``RegistryUnavailable``, ``Backpressure``).
   ``Rejected``: this input is refused for good (``IncompatibleSchema``). ``Fenced``: the transactional
-  producer cannot go on (fatal). ``OutputRefused``: an output can never be written as it is.
+  producer cannot go on (inside that adapter only: it replaces the producer and raises ``Unavailable``).
+  ``OutputRefused``: an output can never be written as it is.
 * ``PoisonMessage``: a record that can never become a command (set aside); ``SchemaNotYetKnown``: a
   record whose schema id the registry does not know yet (its partition is held, then it is poison).
 """
@@ -51,7 +52,8 @@ class IncompatibleSchema(Rejected):
 
 
 class Fenced(InfrastructureError):
-    """The transactional producer can no longer be used (fenced by a newer one, or a fatal error)."""
+    """The transactional producer can no longer be used (a fatal librdkafka error). Raised and handled inside
+    ``TransactionalOutput``, which replaces the producer and raises ``Unavailable``: it never reaches the loop."""
 
 
 class OutputRefused(InfrastructureError):

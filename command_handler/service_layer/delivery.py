@@ -80,8 +80,8 @@ class Output(Protocol):
 
     def send(self, deliveries: Sequence[Delivery], group_metadata: Callable[[], object]) -> Sequence[Delivery]:
         """Take ``deliveries`` (one batch's, in order); returns those not taken yet (the output is full:
-        send them again after a wait). Raises ``Unavailable`` (nothing of them was written: again later),
-        ``Fenced`` or ``OutputRefused`` (fatal: the output cannot go on)."""
+        send them again after a wait). Raises ``Unavailable`` (nothing of them was written: again later)
+        or ``OutputRefused`` (fatal: the output cannot go on)."""
         ...
 
     def committable(self) -> dict[PartitionId, int]:

@@ -29,7 +29,7 @@ from functools import partial
 from typing import TypeVar
 
 from command_handler.domain.model import Command, PartitionId, Record
-from command_handler.errors import Backpressure, Conflict, Fenced, OutputRefused, Unavailable
+from command_handler.errors import Backpressure, Conflict, OutputRefused, Unavailable
 from command_handler.retry import Backoff
 from command_handler.service_layer.delivery import Delivery, Hold, Output, Pipeline, SetAside
 from command_handler.service_layer.ports import CommandSource, Readiness, Telemetry
@@ -254,7 +254,7 @@ class HandlerLoop:
 
         try:
             self._until_available(attempt, "kafka")
-        except (Fenced, OutputRefused) as err:
+        except OutputRefused as err:
             self._fail(f"the output cannot go on: {err}")
 
     def _hold(self, record: Record, hold: Hold) -> None:

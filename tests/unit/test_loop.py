@@ -3,7 +3,7 @@ service on the in-memory bank (``loop_fakes``). No broker, registry or database;
 
 from __future__ import annotations
 
-from command_handler.errors import Fenced
+from command_handler.errors import OutputRefused
 
 from .loop_fakes import TOPIC, FakeOutput, world
 
@@ -137,14 +137,14 @@ def test_backpressure_is_waited_for_quietly_and_the_rest_sent() -> None:
     assert not w.readiness.was(False, "kafka")  # a short backpressure is no outage
 
 
-def test_a_fenced_output_stops_the_handler_without_committing() -> None:
-    class FencedOutput(FakeOutput):
+def test_an_output_that_cannot_go_on_stops_the_handler_without_committing() -> None:
+    class RefusingOutput(FakeOutput):
         def send(self, deliveries, group_metadata):  # type: ignore[no-untyped-def]
-            raise Fenced("the producer was fenced by a newer instance")
+            raise OutputRefused(0, "an output cannot be written: its dead letter was refused too")
 
-    w = world({0: [b"create:a0"]}, output=FencedOutput())
-    assert w.loop.run() == 1  # a zombie that wakes: fenced, it stops, nothing of it counts
-    assert "fenced" in (w.loop.fatal or "") and w.source.committed == {}
+    w = world({0: [b"create:a0"]}, output=RefusingOutput())
+    assert w.loop.run() == 1  # nothing can replace the output: it stops, nothing of the record counts
+    assert "dead letter was refused" in (w.loop.fatal or "") and w.source.committed == {}
 
 
 def test_sigterm_during_a_database_wait_stops_without_sending() -> None:
