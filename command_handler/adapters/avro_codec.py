@@ -31,11 +31,10 @@ from functools import partial
 from io import BytesIO
 from typing import Any
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
+from command_handler.adapters.registry_client import Schema, SchemaRegistryClient, SchemaRegistryError
 from command_handler.config import Topics
 from command_handler.domain.model import (
     AccountCreationConfirmed,

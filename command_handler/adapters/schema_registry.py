@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
+from command_handler.adapters.registry_client import Schema, SchemaRegistryClient, SchemaRegistryError
 from command_handler.config import RegistrySettings
 from command_handler.errors import IncompatibleSchema
 from command_handler.retry import retry
