@@ -48,7 +48,7 @@ for run in $(seq 1 "$runs"); do
   source "$STACK_DIR/env"
   "$ch" sync ${LATENCY_PARTITIONS:+--partitions "$LATENCY_PARTITIONS"} >/dev/null
   log="$results/logs/handler-$(date +%Y-%m-%d-%H-%M-%S)-run$run.log"
-  "$ch" run >"$log" 2>&1 &
+  "$handler_python" -m command_handler run >"$log" 2>&1 &
   handler=$!
   # ready when its health endpoint says so (it consumes its partitions)
   for _ in $(seq 1 600); do

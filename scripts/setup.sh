@@ -6,7 +6,8 @@
 # .venv with the product (open-bank-command-handler, editable), the development
 # tools beside it (devtools/: open-bank-devtools) and the GraphQL endpoint with
 # the bank's page (endpoint/: open-bank-endpoint), and for `test` the checkers
-# and pytest, and headless Chromium with its driver for the browser tests.
+# and pytest, and headless Chromium with its driver for the browser tests; for
+# `bench` and `test` also .venv-product, the product alone (see below).
 # Apicurio Registry (the stack's Schema Registry) needs Java 21 or newer, which
 # Debian 12 does not package: machines of this kind carry Temurin 25 in
 # /usr/lib/jvm/temurin-25-jdk-amd64; without one this script stops with a
@@ -54,6 +55,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.
     | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import command_handler, open_bank_devtools, open_bank_endpoint, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
+fi
+
+# bench and test: the product alone in .venv-product (editable, its own dependencies and nothing else), the
+# handler the latency tests and the benchmark start, so what they measure is what ships: in .venv the
+# tools' dependencies change what the product's libraries import (Selenium brings trio, which the
+# registry client's HTTP library imports whenever it is installed: about 3 MiB of the handler's RSS)
+if [ "$extras" = "test" ] || [ "$extras" = "bench" ]; then
+  [ -x .venv-product/bin/python ] || { echo "setup: creating .venv-product"; python3 -m venv .venv-product; }
+  if [ ! -f .venv-product/.installed ] || [ pyproject.toml -nt .venv-product/.installed ]; then
+    echo "setup: installing the product alone into .venv-product"
+    .venv-product/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
+      | grep -v "^WARNING: Location" || true
+    .venv-product/bin/python -c "import command_handler.entrypoints.cli, confluent_kafka, sqlalchemy"
+    touch .venv-product/.installed
+  fi
 fi
 
 # Apicurio Registry needs Java 21 or newer (Debian 12's packages stop at 17): found, or a clear error

@@ -247,7 +247,14 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from open_bank_devtools.loadtest.bench import run_bench
 
     profile = Path(args.profile) if args.profile else None
-    run_bench(args.transfers, args.accounts, args.pgbench_seconds, Path(args.results), profile=profile)
+    run_bench(
+        args.transfers,
+        args.accounts,
+        args.pgbench_seconds,
+        Path(args.results),
+        profile=profile,
+        handler_python=args.handler_python,
+    )
     return 0
 
 
@@ -269,6 +276,12 @@ def add_bench(sub: Subparsers, formatter: Formatter) -> None:
         metavar="FILE",
         help="also profile the handler while it works with py-spy (installed separately) into FILE "
         "(collapsed stacks; the CPU figure then includes the sampling's cost)",
+    )
+    p.add_argument(
+        "--handler-python",
+        metavar="PYTHON",
+        help="the interpreter that runs the handler, e.g. a product-only environment's "
+        "(default: this one; scripts/bench.sh gives .venv-product/bin/python)",
     )
     p.set_defaults(func=cmd_bench)
 

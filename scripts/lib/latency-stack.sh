@@ -1,13 +1,16 @@
 # Sourced by loop.sh and bench.sh: the environment of the latency/benchmark
 # stack, apart from a development stack (its own directory, ports 9192/9193/
 # 8181/8191/5542, the handler's health endpoint on 8189), the broker BROKER (kafka
-# or tansu, default kafka), and the command-handler executable as $ch. The GraphQL
+# or tansu, default kafka), the command-handler executable as $ch (the tools), and
+# $handler_python, the product's own environment that runs the handler under test. The GraphQL
 # endpoint is started (on 8288) only with LATENCY_ENDPOINT=1, as loop.sh does for
 # the browser test: beside the handler's latency test or the benchmark it reads
 # every output and takes CPU from the handler on this 2-core machine (at 200
 # commands/s it doubled the probe's median, 13.5 -> 24 ms, and its p99, 32 -> 267 ms).
 ch=.venv/bin/command-handler
-[ -x "$ch" ] || { echo "$(basename "$0"): run scripts/prepare.sh first" >&2; exit 2; }
+# the handler under test runs from the product's own environment, as it ships (scripts/setup.sh)
+handler_python=.venv-product/bin/python
+[ -x "$ch" ] && [ -x "$handler_python" ] || { echo "$(basename "$0"): run scripts/prepare.sh first" >&2; exit 2; }
 export STACK_BROKER="${BROKER:-kafka}"
 case "$STACK_BROKER" in kafka|tansu) ;; *) echo "$(basename "$0"): BROKER must be kafka or tansu" >&2; exit 2 ;; esac
 export STACK_DIR="${LATENCY_STACK_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/open-bank-latency}"

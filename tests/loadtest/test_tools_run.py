@@ -122,14 +122,20 @@ def test_a_short_soak_holds_its_load_and_reports_the_rss_trend(tmp_path: Path) -
 
 
 def test_bench_prints_the_ratio_and_writes_its_results(services: Services, tmp_path: Path) -> None:
+    # the handler is started by the interpreter --handler-python names (scripts/bench.sh: .venv-product's)
+    marker = tmp_path / "handler-python-used"
+    handler_python = tmp_path / "handler-python"
+    handler_python.write_text(f'#!/bin/sh\necho "$@" > {marker}\nexec {sys.executable} "$@"\n')
+    handler_python.chmod(0o755)
     run = subprocess.run(
         [sys.executable, "-m", "command_handler", "bench", "--transfers", "1500", "--accounts", "50",
-         "--pgbench-seconds", "2", "--results", str(tmp_path)],
+         "--pgbench-seconds", "2", "--results", str(tmp_path), "--handler-python", str(handler_python)],
         env={**services.env, "PATH": os.environ["PATH"]},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "ratio handler/pgbench:" in run.stdout
+    assert marker.read_text().split() == ["-m", "command_handler", "run"]
     (path,) = tmp_path.glob("bench-*.json")
     result = json.loads(path.read_text())
     assert result["transfers"] == 1500 and result["confirmed"] == 1500

@@ -226,8 +226,11 @@ def run_bench(
     results_dir: Path = Path("results"),
     out: bool = True,
     profile: Path | None = None,
+    handler_python: str | None = None,
 ) -> BenchResult:
-    """``profile``: where py-spy writes the handler's profile of the timed part (collapsed stacks, ``-f raw``)."""
+    """``profile``: where py-spy writes the handler's profile of the timed part (collapsed stacks, ``-f raw``).
+    ``handler_python``: the interpreter that runs the handler (default this one; scripts/bench.sh gives the
+    product's own environment, so the tools' dependencies are not in the handler's memory)."""
     suffix = uuid.uuid4().hex[:8]
     env = bench_environment(suffix)
     settings = load_settings(env)
@@ -239,7 +242,10 @@ def run_bench(
     log_path = results_dir / f"bench-handler-{suffix}.log"
     with open(log_path, "w") as log_file:
         handler = subprocess.Popen(
-            [sys.executable, "-m", "command_handler", "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [handler_python or sys.executable, "-m", "command_handler", "run"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         try:
