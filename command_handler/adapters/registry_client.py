@@ -14,7 +14,8 @@ Authlib class when called, so an OAuth client still works if one is ever built;
 it is removed at once, so any later ``import authlib...`` gets the real package.
 When the registry client or that Authlib module was imported before (the tools
 and tests do), or when a release of confluent_kafka asks the stand-in for
-anything else (the import then fails), the client is imported the plain way:
+anything else or does more with its names at import (the import then fails
+with ImportError, AttributeError or TypeError), the client is imported the plain way:
 the saving is lost, nothing else. The adapters import the client's names from
 here, never from confluent_kafka directly.
 
@@ -72,8 +73,10 @@ def _import_client() -> None:
     sys.modules[_OAUTH_MODULE] = stand_in
     try:
         import confluent_kafka.schema_registry  # noqa: F401
-    except ImportError:
-        _forget_client()  # this release wants more of Authlib's module: imported the plain way below
+    except (ImportError, AttributeError, TypeError):
+        # this release wants more of Authlib's module, or does more with its names at import (a subclass,
+        # a check) than the stand-in answers: imported the plain way below
+        _forget_client()
     finally:
         if sys.modules.get(_OAUTH_MODULE) is stand_in:
             del sys.modules[_OAUTH_MODULE]

@@ -7,6 +7,7 @@ tools measure, on a machine left alone, not what a test asserts.
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +22,22 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def recording_python(folder: Path) -> tuple[Path, Path]:
+    """An interpreter that notes its arguments in a file, then is this one: which process did a tool start?"""
+    marker = folder / "handler-python-used"
+    wrapper = folder / "handler-python"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" > {shlex.quote(str(marker))}\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, marker
+
+
 def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) -> None:
     results = tmp_path / "results"
+    # the handler under test is started by HANDLER_PYTHON (by default .venv-product's interpreter)
+    handler_python, marker = recording_python(tmp_path)
     env = {
         **os.environ,
+        "HANDLER_PYTHON": str(handler_python),
         "RESULTS_DIR": str(results),
         "LATENCY_STACK_DIR": str(stack_directory("latency")),
         "LATENCY_BROKER_PORT": str(free_port()),
@@ -38,6 +51,7 @@ def test_loop_sh_with_the_ci_preset_writes_results_and_a_report(tmp_path: Path) 
     run = subprocess.run(["scripts/loop.sh", "1", "ci"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "met the criterion" in run.stdout
+    assert marker.read_text().split() == ["-m", "command_handler", "run"]
     (path,) = results.glob(f"ci-{TEST_BROKER}-*.csv")
     config = LatencyConfig.load("ci")
     with open(path, newline="") as f:
@@ -123,10 +137,7 @@ def test_a_short_soak_holds_its_load_and_reports_the_rss_trend(tmp_path: Path) -
 
 def test_bench_prints_the_ratio_and_writes_its_results(services: Services, tmp_path: Path) -> None:
     # the handler is started by the interpreter --handler-python names (scripts/bench.sh: .venv-product's)
-    marker = tmp_path / "handler-python-used"
-    handler_python = tmp_path / "handler-python"
-    handler_python.write_text(f'#!/bin/sh\necho "$@" > {marker}\nexec {sys.executable} "$@"\n')
-    handler_python.chmod(0o755)
+    handler_python, marker = recording_python(tmp_path)
     run = subprocess.run(
         [sys.executable, "-m", "command_handler", "bench", "--transfers", "1500", "--accounts", "50",
          "--pgbench-seconds", "2", "--results", str(tmp_path), "--handler-python", str(handler_python)],
@@ -138,6 +149,7 @@ def test_bench_prints_the_ratio_and_writes_its_results(services: Services, tmp_p
     assert marker.read_text().split() == ["-m", "command_handler", "run"]
     (path,) = tmp_path.glob("bench-*.json")
     result = json.loads(path.read_text())
+    assert result["handler_python"] == str(handler_python)
     assert result["transfers"] == 1500 and result["confirmed"] == 1500
     # the four figures the benchmark is for, last (before the line naming its files)
     figures = [line.split(":")[0] for line in run.stdout.splitlines()[-5:-1]]

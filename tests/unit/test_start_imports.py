@@ -66,3 +66,23 @@ def test_a_client_that_asks_the_stand_in_for_more_is_imported_the_plain_way() ->
     )
     result = run_fresh(code)["result"]
     assert result == {"real": True, "client": "confluent_kafka.schema_registry._sync.schema_registry_client"}
+
+
+def test_a_client_that_does_more_with_the_stand_in_at_import_is_imported_the_plain_way() -> None:
+    # a later confluent_kafka whose import fails on the stand-in otherwise than by a missing name: TypeError here
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.find_spec('command_handler.adapters.registry_client')\n"
+        "source = spec.loader.get_source(spec.name)\n"
+        'narrowed = source.replace(\'_DEFERRED = ("OAuth2Client", "AsyncOAuth2Client")\', \'_DEFERRED = ("OAuth2Client",)\')\n'
+        "narrowed = narrowed.replace('raise AttributeError(', 'raise TypeError(')\n"
+        "assert narrowed.count('raise TypeError(') == 1 and 'raise AttributeError(' not in narrowed\n"
+        "space = {'__name__': 'registry_client_variant'}\n"
+        "exec(compile(narrowed, 'registry_client_variant', 'exec'), space)\n"
+        "import authlib.integrations.httpx_client as real\n"
+        "from confluent_kafka.schema_registry._async import schema_registry_client as asynchronous\n"
+        "result['real'] = asynchronous.AsyncOAuth2Client is real.AsyncOAuth2Client\n"
+        "result['client'] = space['SchemaRegistryClient'].__module__\n"
+    )
+    result = run_fresh(code)["result"]
+    assert result == {"real": True, "client": "confluent_kafka.schema_registry._sync.schema_registry_client"}

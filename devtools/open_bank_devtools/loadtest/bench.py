@@ -79,6 +79,7 @@ class BenchResult:
     pgbench_connections: int
     pgbench_tps: float
     ratio: float
+    handler_python: str = ""  # the interpreter that ran the handler (scripts/bench.sh: the product's own)
 
     def lines(self) -> list[str]:
         return [
@@ -240,9 +241,10 @@ def run_bench(
     synchronize(settings)
     results_dir.mkdir(parents=True, exist_ok=True)
     log_path = results_dir / f"bench-handler-{suffix}.log"
+    python = handler_python or sys.executable
     with open(log_path, "w") as log_file:
         handler = subprocess.Popen(
-            [handler_python or sys.executable, "-m", "command_handler", "run"],
+            [python, "-m", "command_handler", "run"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -264,6 +266,7 @@ def run_bench(
         pgbench_connections=HANDLER_CONNECTIONS,
         pgbench_tps=tps,
         ratio=result["commands_per_s"] / tps,
+        handler_python=python,
     )
     path = results_dir / f"bench-{datetime.now().strftime('%Y-%m-%d-%H-%M')}-{suffix}.json"
     path.write_text(json.dumps(asdict(bench), indent=2) + "\n")
