@@ -44,15 +44,20 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
+# pip install into the environment of interpreter $1, quietly (its "WARNING: Location" lines dropped);
+# fails when pip fails
+pip_install() {
+  "$1" -m pip install -q --disable-pip-version-check "${@:2}" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+
 product="."
 [ "$extras" = "test" ] && product=".[dev]"
 stamp=".venv/.installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ] \
     || [ endpoint/pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the product and the development tools ($extras)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$product" -e ./devtools -e ./endpoint 2>&1 \
-    | { grep -v "^WARNING: Location" || true; }
+  pip_install .venv/bin/python --upgrade pip || true
+  pip_install .venv/bin/python -e "$product" -e ./devtools -e ./endpoint
   .venv/bin/python -c "import command_handler, open_bank_devtools, open_bank_endpoint, confluent_kafka, sqlalchemy, alembic"
   touch "$stamp"
 fi
@@ -68,8 +73,7 @@ if [ "$extras" = "test" ] || [ "$extras" = "bench" ] || [ -d .venv-product ]; th
     echo "setup: making .venv-product (the product alone)"
     rm -rf .venv-product
     python3 -m venv .venv-product
-    .venv-product/bin/python -m pip install -q --disable-pip-version-check -e . 2>&1 \
-      | { grep -v "^WARNING: Location" || true; }
+    pip_install .venv-product/bin/python -e .
     # from another folder, so the installed product is imported, not the source tree beside it
     (cd / && "$OLDPWD/.venv-product/bin/python" -c "import command_handler.bootstrap, command_handler.entrypoints.cli")
     touch .venv-product/.installed
